@@ -1,0 +1,75 @@
+"""Coded vocabulary: modalities, referral categories and their codes.
+
+SNOMED CT codes are used where a concept exists; concepts that SNOMED CT
+does not cover (drusen of the macula, "observation" and "supportive care" as
+referral outcomes) use the private coding scheme ``99DCMTRIAGE`` (PS3.3
+8.2: private schemes start with "99"), declared in the SR's Coding Scheme
+Identification Sequence.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydicom.sr.coding import Code
+
+PRIVATE_SCHEME = "99DCMTRIAGE"
+
+
+class TriageModality(enum.StrEnum):
+    OCT = "oct"
+    CXR = "cxr"
+
+
+class Referral(enum.StrEnum):
+    """Referral categories of Kermany et al. 2018, most urgent first."""
+
+    URGENT = "urgent"
+    ROUTINE = "routine"
+    SUPPORTIVE_CARE = "supportive care"
+    OBSERVATION = "observation"
+
+    @property
+    def rank(self) -> int:
+        """0 is the most urgent; used to pick the deciding image of a study."""
+        return list(Referral).index(self)
+
+    @classmethod
+    def parse(cls, value: str | Referral) -> Referral:
+        try:
+            return cls(value)
+        except ValueError as exc:
+            allowed = ", ".join(r.value for r in cls)
+            raise ValueError(f"Unknown referral category {value!r}; use one of {allowed}.") from exc
+
+
+# The paper's mapping from class label to referral category.
+PAPER_REFERRALS: dict[str, Referral] = {
+    "CNV": Referral.URGENT,
+    "DME": Referral.URGENT,
+    "DRUSEN": Referral.ROUTINE,
+    "NORMAL": Referral.OBSERVATION,
+    "BACTERIA": Referral.URGENT,
+    "VIRUS": Referral.SUPPORTIVE_CARE,
+}
+
+FINDING_CODES: dict[str, Code] = {
+    "CNV": Code("75971007", "SCT", "Choroidal neovascularization"),
+    "DME": Code("312912001", "SCT", "Macular edema due to diabetes mellitus"),
+    "DRUSEN": Code("DRUSEN-MACULA", PRIVATE_SCHEME, "Drusen of macula"),
+    "NORMAL": Code("17621005", "SCT", "Normal"),
+    "BACTERIA": Code("53084003", "SCT", "Bacterial pneumonia"),
+    "VIRUS": Code("75570004", "SCT", "Viral pneumonia"),
+}
+
+REFERRAL_CODES: dict[Referral, Code] = {
+    Referral.URGENT: Code("103391001", "SCT", "Urgent"),
+    Referral.ROUTINE: Code("50811001", "SCT", "Routine"),
+    Referral.SUPPORTIVE_CARE: Code("SUPPORTIVE-CARE", PRIVATE_SCHEME, "Supportive care"),
+    Referral.OBSERVATION: Code("OBSERVATION", PRIVATE_SCHEME, "Observation"),
+}
+
+PROCEDURE_CODES: dict[TriageModality, Code] = {
+    TriageModality.OCT: Code("RETINAL-OCT-TRIAGE", PRIVATE_SCHEME, "Retinal OCT triage"),
+    TriageModality.CXR: Code("413815006", "SCT", "Chest imaging"),
+}

@@ -1,0 +1,1 @@
+"""Persistence: the SQL schema, its migrations, queries, and model packages."""

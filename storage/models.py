@@ -1,0 +1,214 @@
+"""SQLAlchemy 2 models: patients, studies, series, instances, results, reports.
+
+Times are naive UTC (``utcnow``) so that SQLite and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class InstanceState(enum.StrEnum):
+    RECEIVED = "received"  # durably stored, waiting for inference
+    TRIAGED = "triaged"
+    SKIPPED = "skipped"  # stored, but no model applies (e.g. a lateral CXR of a hand)
+    FAILED = "failed"  # stored, but decoding or inference failed
+
+
+class StudyState(enum.StrEnum):
+    RECEIVING = "receiving"
+    REPORTED = "reported"
+    NOT_REPORTABLE = "not_reportable"  # complete, but no instance could be triaged
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt used up
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Store the values (not the member names) as plain strings: readable in SQL.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(32), default="")
+    study_description: Mapped[str] = mapped_column(String(324), default="")
+    referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
+    first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    state: Mapped[StudyState] = mapped_column(
+        _enum(StudyState, "study_state"), default=StudyState.RECEIVING, index=True
+    )
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+    result: Mapped[StudyResult | None] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part_examined: Mapped[str] = mapped_column(String(64), default="")
+    series_number: Mapped[str] = mapped_column(String(12), default="")
+    series_description: Mapped[str] = mapped_column(String(324), default="")
+
+    study: Mapped[Study] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    state: Mapped[InstanceState] = mapped_column(
+        _enum(InstanceState, "instance_state"), default=InstanceState.RECEIVED, index=True
+    )
+    error: Mapped[str] = mapped_column(Text, default="")
+
+    series: Mapped[Series] = relationship()
+    study: Mapped[Study] = relationship(back_populates="instances")
+    result: Mapped[InstanceResult | None] = relationship(back_populates="instance")
+
+
+class InstanceResult(Base):
+    __tablename__ = "instance_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"), unique=True)
+    modality: Mapped[str] = mapped_column(String(8))  # "oct" or "cxr"
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(32))
+    referral: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    frame_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    execution_provider: Mapped[str] = mapped_column(String(64))
+    inference_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instance: Mapped[Instance] = relationship(back_populates="result")
+
+
+class StudyResult(Base):
+    __tablename__ = "study_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    # The most urgent instance decides the study (PS: an urgent finding in
+    # any image of the study makes the study urgent).
+    deciding_instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    modality: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(32))
+    referral: Mapped[str] = mapped_column(String(32), index=True)
+    probability: Mapped[float] = mapped_column(Float)
+    instances_triaged: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="result")
+    deciding_instance: Mapped[Instance] = relationship()
+
+
+class Report(Base):
+    """A Structured Report built for a study, kept as the exact bytes sent."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    study: Mapped[Study] = relationship()
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="report")
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("report_fk", "ae_title", "host", "port"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_fk: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    report: Mapped[Report] = relationship(back_populates="deliveries")
