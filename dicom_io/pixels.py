@@ -16,6 +16,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from daemon.errors import InferenceError
 from dicom_io.preprocess import normalise_range
@@ -38,7 +39,12 @@ def decode_instance(path: Path) -> DecodedImage:
     try:
         header = dcmread(path, stop_before_pixels=True)
         index = centre_frame_index(header)
-        raw = pixel_array(path, index=index)
+        if header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+            # pixel_array() cannot read one frame from a deflated stream.
+            frames = dcmread(path).pixel_array
+            raw = frames if index is None else frames[index]
+        else:
+            raw = pixel_array(path, index=index)
     except Exception as exc:
         raise InferenceError(f"Cannot decode pixel data: {exc}") from exc
     return DecodedImage(display_image(raw, header), None if index is None else index + 1)

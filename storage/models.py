@@ -183,7 +183,8 @@ class Report(Base):
     __tablename__ = "reports"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    # More than one when instances arrive after a study was reported.
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     sop_class_uid: Mapped[str] = mapped_column(String(64))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 23:24:36.191094
+Create Date: 2026-11-29
 """
 
 from collections.abc import Sequence
@@ -61,9 +61,11 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['study_fk'], ['studies.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('sop_instance_uid'),
-    sa.UniqueConstraint('study_fk')
+    sa.UniqueConstraint('sop_instance_uid')
     )
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_reports_study_fk'), ['study_fk'], unique=False)
+
     op.create_table('series',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('series_instance_uid', sa.String(length=64), nullable=False),
@@ -184,6 +186,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_series_study_fk'))
 
     op.drop_table('series')
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_reports_study_fk'))
+
     op.drop_table('reports')
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_studies_state'))

@@ -1,0 +1,90 @@
+"""Send stored objects to destinations by C-STORE, with retries.
+
+Each delivery row is one object for one destination. A failed attempt is
+retried after ``retry_seconds``, doubled on each further failure, until
+``max_attempts`` are used up; then the row is marked failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from io import BytesIO
+
+from pydicom import dcmread
+from pynetdicom import AE
+from sqlalchemy.orm import Session
+
+from daemon.config import DeliverySettings
+from daemon.errors import DeliveryError
+from daemon.scp import set_nodelay
+from daemon.status import Status
+from storage.models import Delivery, DeliveryState, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_title: str) -> None:
+    """Send one DICOM file's bytes; raise ``DeliveryError`` unless it succeeds."""
+    dataset = dcmread(BytesIO(content))
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = 15
+    ae.dimse_timeout = 30
+    ae.network_timeout = 30
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(host, port, ae_title=ae_title, max_pdu=0)
+    if not assoc.is_established:
+        raise DeliveryError(f"Association with {ae_title}@{host}:{port} was not established.")
+    try:
+        # pynetdicom never sets TCP_NODELAY; towards dcmtk-based PACS the
+        # reply would otherwise wait for a delayed ACK.
+        set_nodelay(assoc)
+        status = assoc.send_c_store(dataset)
+    finally:
+        assoc.release()
+    code = int(getattr(status, "Status", -1)) if status else -1
+    if code != Status.SUCCESS and not 0xB000 <= code <= 0xBFFF:
+        raise DeliveryError(f"{ae_title}@{host}:{port} answered status 0x{code:04X}.")
+
+
+def attempt(
+    session: Session, delivery: Delivery, settings: DeliverySettings, calling_ae_title: str
+) -> bool:
+    """Try one delivery once and record the outcome; True when delivered."""
+    delivery.attempts += 1
+    try:
+        c_store(
+            delivery.report.content,
+            delivery.ae_title,
+            delivery.host,
+            delivery.port,
+            calling_ae_title,
+        )
+    except Exception as exc:
+        delivery.last_error = str(exc)[:2000]
+        if delivery.attempts >= settings.max_attempts:
+            delivery.state = DeliveryState.FAILED
+            logger.error(
+                "Report %d could not be delivered to %s after %d attempts: %s",
+                delivery.report_fk,
+                delivery.ae_title,
+                delivery.attempts,
+                exc,
+            )
+        else:
+            delay = settings.retry_seconds * 2 ** (delivery.attempts - 1)
+            delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+            logger.warning(
+                "Report %d to %s failed (attempt %d), retrying in %.0f s: %s",
+                delivery.report_fk,
+                delivery.ae_title,
+                delivery.attempts,
+                delay,
+                exc,
+            )
+        return False
+    delivery.state = DeliveryState.DELIVERED
+    delivery.delivered_at = utcnow()
+    delivery.last_error = ""
+    logger.info("Report %d delivered to %s", delivery.report_fk, delivery.ae_title)
+    return True

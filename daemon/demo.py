@@ -1,0 +1,141 @@
+"""``triage demo``: the whole path once, on phantoms, ending by itself.
+
+A simulated scanner (pynetdicom) pushes phantom studies to a real
+``triage serve`` process on the embedded defaults; a small demo PACS
+receives the SRs. Everything is written under the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Comprehensive3DSRStorage
+
+from daemon.errors import TriageError
+from daemon.status import Status
+
+logger = logging.getLogger(__name__)
+
+READY_MARKER = "Ready: listening"
+TRAINING_IMAGES_PER_CLASS = 150
+
+
+def ensure_models(state_dir: Path) -> None:
+    """Train the phantom models once; later runs reuse them."""
+    for modality in ("oct", "cxr"):
+        package = state_dir / "models" / modality
+        if (package / "manifest.json").is_file():
+            continue
+        try:
+            from trainer.train import TrainOptions, train
+        except ImportError as exc:
+            raise TriageError(
+                "No models yet and the train extra is not installed: "
+                "pip install 'dicom-triage[train]'"
+            ) from exc
+        from dicom_io.phantom_files import write_jpeg_dataset
+
+        data = state_dir / "training-phantoms"
+        print(f"Training the {modality} phantom model (once; a minute or two on 2 cores)...")
+        write_jpeg_dataset(modality, data, TRAINING_IMAGES_PER_CLASS, seed=7)
+        train(TrainOptions(modality=modality, data=data, out=package, seed=0))
+
+
+def start_demo_pacs(folder: Path) -> tuple[object, int]:
+    """A C-STORE SCP for SRs on an ephemeral loopback port."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def on_store(event: evt.Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
+        return Status.SUCCESS
+
+    ae = AE(ae_title="DEMOPACS")
+    ae.add_supported_context(Comprehensive3DSRStorage)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    return server, int(server.server_address[1])
+
+
+def push_studies(files: list[Path], port: int) -> None:
+    """The simulated scanner: one association, every file."""
+    ae = AE(ae_title="SCANNER")
+    for sop_class in {str(dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}:
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    if not assoc.is_established:
+        raise TriageError("The daemon refused the scanner's association.")
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            print(f"  sent {path.parent.name}/{path.name[:24]}...: status 0x{status.Status:04X}")
+    finally:
+        assoc.release()
+
+
+def run_demo(state_dir: Path, count: int = 2, timeout_seconds: float = 180.0) -> int:
+    from dicom_io.phantom_files import write_dicom_studies
+
+    state_dir = state_dir.absolute()
+    ensure_models(state_dir)
+    env = dict(os.environ)
+    env["TRIAGE_STORAGE_STATE_DIR"] = str(state_dir)
+    env["TRIAGE_STUDY_STABLE_SECONDS"] = "2"
+    triage = [sys.executable, "-m", "daemon.cli"]
+    subprocess.run([*triage, "db", "upgrade"], env=env, check=True)
+
+    pacs, pacs_port = start_demo_pacs(state_dir / "demo-pacs")
+    env["TRIAGE_DESTINATIONS"] = json.dumps(
+        [{"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}]
+    )
+    daemon = subprocess.Popen(
+        [*triage, "serve"], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def relay() -> None:
+        for line in daemon.stderr or ():
+            print(f"  [daemon] {line.rstrip()}")
+            lines.put(line)
+
+    threading.Thread(target=relay, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if READY_MARKER in line:
+                break
+        studies = []
+        for modality in ("oct", "cxr"):
+            root = write_dicom_studies(
+                modality, state_dir / "demo-studies", count, seed=11 if modality == "oct" else 12
+            )
+            studies.extend(sorted(root.rglob("*.dcm")))
+        print(f"Scanner: pushing {len(studies)} phantom studies to TRIAGE@127.0.0.1:11112")
+        push_studies(studies, 11112)
+        received: list[Path] = []
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline and len(received) < len(studies):
+            time.sleep(0.5)
+            received = sorted((state_dir / "demo-pacs").glob("*.dcm"))
+        print(f"\nDemo PACS holds {len(received)} SR(s) of {len(studies)} studies, in "
+              f"{state_dir / 'demo-pacs'}")
+        print("\nUrgent worklist (triage worklist --urgent):")
+        subprocess.run([*triage, "worklist", "--urgent"], env=env, check=True)
+        return 0 if len(received) == len(studies) else 1
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        pacs.shutdown()  # type: ignore[attr-defined]

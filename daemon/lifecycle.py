@@ -1,0 +1,156 @@
+"""Run the daemon: start the stages, tell systemd, drain on SIGTERM.
+
+Signals only set an event; the main loop reacts. The first SIGTERM or
+SIGINT drains (stops accepting, lets the workers finish their item) within
+``DRAIN_SECONDS``; a second one exits at once. Readiness is logged and sent
+to systemd exactly once; watchdog pings are sent only while every stage is
+alive.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+from types import FrameType
+
+from daemon.config import Settings
+from daemon.errors import StorageError, TriageError
+from daemon.inference import Classifier
+from daemon.pipeline import TriagePipeline
+from daemon.reporting import Reporter
+from daemon.scp import IngestContext, event_handlers, make_acceptor
+from daemon.spool import Spool
+from daemon.worklist import handle_find
+from dicom_io.codes import TriageModality
+from storage.database import create_database_engine, make_session_factory, require_current
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 20.0
+WORK_QUEUE_SIZE = 1000
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    CONFIG = 78  # EX_CONFIG from sysexits.h: systemd shows it by name
+    INTERRUPTED = 130
+
+
+def notify(message: str) -> bool:
+    """Send ``message`` to systemd's notification socket, if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half the systemd watchdog period, or None when there is no watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
+    classifiers = {
+        TriageModality.OCT: Classifier(settings.models.oct, settings.models.device),
+        TriageModality.CXR: Classifier(settings.models.cxr, settings.models.device),
+    }
+    providers = sorted({c.provider for c in classifiers.values()})
+    logger.info("Inference runs on %s", ", ".join(providers))
+    for modality, classifier in classifiers.items():
+        manifest = classifier.manifest
+        logger.info(
+            "Model %s: %s %s, labels %s, sha256 %s",
+            modality.value,
+            manifest.name,
+            manifest.version,
+            ",".join(manifest.labels),
+            manifest.onnx_sha256[:12],
+        )
+    return classifiers
+
+
+def serve(settings: Settings) -> ExitCode:
+    """Run until signalled; return the process exit code."""
+    logger.info("Starting dicom-triage: %s", settings.describe())
+    try:
+        engine = create_database_engine(settings.storage.database_url)
+        require_current(engine)
+        classifiers = load_classifiers(settings)
+        spool = Spool(settings.spool_dir)
+    except StorageError as exc:
+        logger.error("%s", exc)
+        return ExitCode.CONFIG
+    except TriageError as exc:
+        logger.error("Cannot start: %s", exc)
+        return ExitCode.CONFIG
+
+    sessions = make_session_factory(engine)
+    stop = threading.Event()
+    work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
+    pipeline = TriagePipeline(sessions, classifiers, work, stop)
+    reporter = Reporter(settings, sessions, stop)
+
+    shutdown_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if shutdown_requested.is_set():
+            os._exit(ExitCode.INTERRUPTED)
+        shutdown_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    ae = make_acceptor(settings.dicom)
+    handlers = event_handlers(
+        IngestContext(spool=spool, sessions=sessions, work=work),
+        handle_find,
+        [sessions, settings.dicom.ae_title],
+    )
+    try:
+        server = ae.start_server(
+            (settings.dicom.host, settings.dicom.port), block=False, evt_handlers=handlers
+        )
+    except OSError as exc:
+        logger.error("Cannot listen on %s:%d: %s", settings.dicom.host, settings.dicom.port, exc)
+        return ExitCode.FAILURE
+    pipeline.start()
+    reporter.start()
+    host, port = server.server_address[:2]
+    logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
+    notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
+
+    interval = watchdog_interval()
+    tick = min(interval, 1.0) if interval else 1.0
+    exit_code = ExitCode.OK
+    while not shutdown_requested.wait(tick):
+        if not (pipeline.is_alive() and reporter.is_alive()):
+            logger.error("A worker thread died; stopping so that systemd restarts the service")
+            exit_code = ExitCode.FAILURE
+            break
+        if interval:
+            notify("WATCHDOG=1")
+
+    logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
+    notify("STOPPING=1")
+    server.shutdown()
+    stop.set()
+    for thread in (pipeline, reporter):
+        thread.join(timeout=DRAIN_SECONDS / 2)
+    engine.dispose()
+    logger.info("Stopped")
+    return exit_code

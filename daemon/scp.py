@@ -1,0 +1,188 @@
+"""Receive: the DICOM application entity and its C-STORE handler.
+
+The handler is thin (STYLE rule 1): it checks the header, writes the file
+durably, commits its row, queues the instance for inference and answers.
+Pixel decoding and inference never run on an association thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import socket
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.config import DicomSettings
+from daemon.errors import IngestError
+from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
+from daemon.spool import Spool
+from daemon.status import Status
+from storage import queries
+
+logger = logging.getLogger(__name__)
+
+# pynetdicom's SCP picks the first of its own syntaxes that the caller
+# offers. Compressed syntaxes come first so that a scanner offering its
+# native compression alongside uncompressed ones is never asked to
+# transcode (dcmtk's storescu cannot).
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+_COMPRESSED = [
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (process 2 and 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+# Deflate only when nothing else is offered: it costs CPU on both ends.
+STORAGE_TRANSFER_SYNTAXES = [*_COMPRESSED, *_UNCOMPRESSED, DeflatedExplicitVRLittleEndian]
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestContext:
+    """What the C-STORE handler needs, bound to it instead of globals."""
+
+    spool: Spool
+    sessions: sessionmaker[Session]
+    work: queue.Queue[int]
+
+
+def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
+    """Parse the received dataset enough to record it, or raise ``IngestError``."""
+    try:
+        dataset = dcmread(BytesIO(content), defer_size=1024)
+        # Touch every top-level element so that a malformed one fails here.
+        for _element in dataset:
+            pass
+    except Exception as exc:
+        raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
+    if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(dataset.get(keyword, "")).strip():
+            raise IngestError(
+                f"The dataset has no {keyword}.", Status.CANNOT_UNDERSTAND_MISSING_UID
+            )
+    if dataset.SOPInstanceUID != affected_sop_instance_uid:
+        raise IngestError(
+            "SOP Instance UID in the dataset differs from the C-STORE request.",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    return dataset
+
+
+def handle_store(event: Any, context: IngestContext) -> int:
+    """Store one instance durably, then answer (PS3.4 B.2.3)."""
+    calling = event.assoc.requestor.ae_title
+    try:
+        content = event.encoded_dataset(include_meta=True)
+    except Exception:
+        logger.exception("Cannot read the received dataset from association %s", calling)
+        return Status.CANNOT_UNDERSTAND
+    try:
+        header = parse_header(content, event.request.AffectedSOPInstanceUID)
+    except IngestError as exc:
+        path = context.spool.quarantine(content, exc.reason, calling)
+        logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, path.name)
+        return exc.status
+
+    uid = str(header.SOPInstanceUID)
+    with context.sessions() as session:
+        if queries.instance_exists(session, uid):
+            logger.info("Duplicate instance from %s: the first copy is kept", calling)
+            return Status.SUCCESS
+    stored = context.spool.store(content, uid)
+    try:
+        with context.sessions() as session, session.begin():
+            instance = queries.record_instance(
+                session,
+                header,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                path=str(stored.path),
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                calling_ae_title=calling,
+            )
+            instance_id = instance.id
+    except IntegrityError:
+        # Another association stored the same SOP Instance UID first.
+        context.spool.discard(stored)
+        logger.info("Duplicate instance from %s: the first copy is kept", calling)
+        return Status.SUCCESS
+    except Exception:
+        context.spool.discard(stored)
+        logger.exception("Cannot record an instance from %s", calling)
+        return Status.PROCESSING_FAILURE
+    logger.info("Stored instance %d from %s", instance_id, calling)
+    logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
+    try:
+        context.work.put_nowait(instance_id)
+    except queue.Full:
+        pass  # it is RECEIVED in the database; the pipeline sweep finds it
+    return Status.SUCCESS
+
+
+def handle_echo(_event: Any) -> int:
+    return Status.SUCCESS
+
+
+def handle_connection_open(event: Any) -> None:
+    # dcmtk peers leave Nagle on; without TCP_NODELAY each response stalls
+    # about 40 ms waiting for a delayed ACK.
+    set_nodelay(event.assoc)
+
+
+def set_nodelay(assoc: Any) -> None:
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        logger.debug("Could not set TCP_NODELAY", exc_info=True)
+
+
+def make_acceptor(
+    settings: DicomSettings,
+) -> AE:
+    """The application entity with exactly the contexts dicom-triage accepts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = 0  # unlimited: far faster ingest (REFERENCE.md)
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout_seconds
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    for sop_class in ACCEPTED_STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(ModalityWorklistInformationFind, _UNCOMPRESSED)
+    if settings.allowed_calling_aets:
+        ae.require_calling_aet = list(settings.allowed_calling_aets)
+    return ae
+
+
+def event_handlers(
+    ingest: IngestContext, find_handler: Callable[..., Any], find_args: list[Any]
+) -> list[Any]:
+    return [
+        (evt.EVT_C_STORE, handle_store, [ingest]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_FIND, find_handler, find_args),
+        (evt.EVT_CONN_OPEN, handle_connection_open),
+    ]

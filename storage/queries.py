@@ -1,0 +1,333 @@
+"""The daemon's reads and writes, one function per question or change.
+
+Every function takes a ``Session`` and leaves committing to the caller, so
+that the caller decides what is one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from dicom_io.codes import Referral
+from storage.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    InstanceResult,
+    InstanceState,
+    Patient,
+    Report,
+    Series,
+    Study,
+    StudyResult,
+    StudyState,
+    utcnow,
+)
+
+
+def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
+    value = dataset.get(keyword, "")
+    return str(value if value is not None else "")[:limit]
+
+
+def instance_exists(session: Session, sop_instance_uid: str) -> bool:
+    return bool(
+        session.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid)))
+    )
+
+
+def record_instance(
+    session: Session,
+    header: Dataset,
+    *,
+    transfer_syntax_uid: str,
+    path: str,
+    size_bytes: int,
+    sha256: str,
+    calling_ae_title: str,
+) -> Instance:
+    """Add a received instance with its patient, study and series rows."""
+    patient = _get_or_create_patient(session, header)
+    study = session.scalar(
+        select(Study).where(Study.study_instance_uid == header.StudyInstanceUID)
+    )
+    now = utcnow()
+    if study is None:
+        study = Study(
+            study_instance_uid=str(header.StudyInstanceUID),
+            patient=patient,
+            accession_number=_text(header, "AccessionNumber", 16),
+            study_id=_text(header, "StudyID", 16),
+            study_date=_text(header, "StudyDate", 8),
+            study_time=_text(header, "StudyTime", 32),
+            study_description=_text(header, "StudyDescription", 324),
+            referring_physician_name=_text(header, "ReferringPhysicianName", 324),
+            first_received_at=now,
+            last_received_at=now,
+        )
+        session.add(study)
+    else:
+        study.last_received_at = now
+        # A late instance reopens a reported study: it gets a new report.
+        study.state = StudyState.RECEIVING
+    series = session.scalar(
+        select(Series).where(Series.series_instance_uid == header.SeriesInstanceUID)
+    )
+    if series is None:
+        series = Series(
+            series_instance_uid=str(header.SeriesInstanceUID),
+            study=study,
+            modality=_text(header, "Modality", 16),
+            body_part_examined=_text(header, "BodyPartExamined", 64).upper(),
+            series_number=_text(header, "SeriesNumber", 12),
+            series_description=_text(header, "SeriesDescription", 324),
+        )
+        session.add(series)
+    instance = Instance(
+        sop_instance_uid=str(header.SOPInstanceUID),
+        sop_class_uid=str(header.SOPClassUID),
+        series=series,
+        study=study,
+        transfer_syntax_uid=transfer_syntax_uid,
+        path=path,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        calling_ae_title=calling_ae_title,
+        received_at=now,
+        state=InstanceState.RECEIVED,
+    )
+    session.add(instance)
+    session.flush()
+    return instance
+
+
+def _get_or_create_patient(session: Session, header: Dataset) -> Patient:
+    patient_id = _text(header, "PatientID", 64)
+    issuer = _text(header, "IssuerOfPatientID", 64)
+    patient = session.scalar(
+        select(Patient).where(
+            Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer
+        )
+    )
+    if patient is None:
+        patient = Patient(
+            patient_id=patient_id,
+            issuer_of_patient_id=issuer,
+            patient_name=_text(header, "PatientName", 324),
+            birth_date=_text(header, "PatientBirthDate", 8),
+            sex=_text(header, "PatientSex", 16),
+        )
+        session.add(patient)
+    return patient
+
+
+def pending_instance_ids(session: Session, limit: int) -> list[int]:
+    """Instances stored but not yet triaged, oldest first."""
+    return list(
+        session.scalars(
+            select(Instance.id)
+            .where(Instance.state == InstanceState.RECEIVED)
+            .order_by(Instance.id)
+            .limit(limit)
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """What one model said about one image (the pure result of inference)."""
+
+    modality: str
+    label: str
+    referral: Referral
+    probability: float
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    model_sha256: str
+    execution_provider: str
+    inference_ms: float
+    frame_number: int | None = None
+
+
+def record_result(session: Session, instance: Instance, result: Classification) -> None:
+    """Store an instance's result and bring its study's result up to date."""
+    session.add(
+        InstanceResult(
+            instance=instance,
+            modality=result.modality,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            model_sha256=result.model_sha256,
+            label=result.label,
+            referral=result.referral.value,
+            probability=result.probability,
+            probabilities=result.probabilities,
+            frame_number=result.frame_number,
+            execution_provider=result.execution_provider,
+            inference_ms=result.inference_ms,
+        )
+    )
+    instance.state = InstanceState.TRIAGED
+    session.flush()
+    _update_study_result(session, instance.study)
+
+
+def _update_study_result(session: Session, study: Study) -> None:
+    """The most urgent image decides; among equals, the most confident."""
+    results = list(
+        session.scalars(
+            select(InstanceResult).join(Instance).where(Instance.study_fk == study.id)
+        )
+    )
+    if not results:
+        return
+    deciding = min(results, key=lambda r: (Referral(r.referral).rank, -r.probability))
+    current = session.scalar(select(StudyResult).where(StudyResult.study_fk == study.id))
+    if current is None:
+        current = StudyResult(study=study)
+        session.add(current)
+    current.deciding_instance_fk = deciding.instance_fk
+    current.modality = deciding.modality
+    current.label = deciding.label
+    current.referral = deciding.referral
+    current.probability = deciding.probability
+    current.instances_triaged = len(results)
+    current.decided_at = utcnow()
+
+
+def mark_instance(session: Session, instance: Instance, state: InstanceState, error: str) -> None:
+    instance.state = state
+    instance.error = error[:2000]
+
+
+def studies_ready_to_report(session: Session, stable_seconds: float) -> list[Study]:
+    """Studies with no new instance for ``stable_seconds`` and none awaiting inference."""
+    cutoff = utcnow() - dt.timedelta(seconds=stable_seconds)
+    awaiting = exists().where(
+        Instance.study_fk == Study.id, Instance.state == InstanceState.RECEIVED
+    )
+    return list(
+        session.scalars(
+            select(Study)
+            .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+            .where(~awaiting)
+            .order_by(Study.last_received_at)
+        )
+    )
+
+
+def triaged_instances(session: Session, study: Study) -> list[Instance]:
+    return list(
+        session.scalars(
+            select(Instance)
+            .where(Instance.study_fk == study.id, Instance.state == InstanceState.TRIAGED)
+            .order_by(Instance.id)
+        )
+    )
+
+
+def add_report(
+    session: Session,
+    study: Study,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    sop_class_uid: str,
+    content: bytes,
+    destinations: Sequence[tuple[str, str, int]],
+) -> Report:
+    """Store a report and queue one delivery per destination."""
+    report = Report(
+        study=study,
+        sop_instance_uid=sop_instance_uid,
+        series_instance_uid=series_instance_uid,
+        sop_class_uid=sop_class_uid,
+        content=content,
+    )
+    session.add(report)
+    for ae_title, host, port in destinations:
+        session.add(Delivery(report=report, ae_title=ae_title, host=host, port=port))
+    study.state = StudyState.REPORTED
+    session.flush()
+    return report
+
+
+def due_deliveries(session: Session, limit: int = 20) -> list[Delivery]:
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= utcnow())
+            .order_by(Delivery.next_attempt_at)
+            .limit(limit)
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorklistEntry:
+    """One urgent study, as the worklist shows it."""
+
+    patient_name: str
+    patient_id: str
+    patient_birth_date: str
+    patient_sex: str
+    study_instance_uid: str
+    accession_number: str
+    study_date: str
+    study_time: str
+    study_description: str
+    referring_physician_name: str
+    modality: str
+    finding: str
+    referral: str
+    probability: float
+    decided_at: dt.datetime
+    report_sent: bool
+
+
+def urgent_worklist(session: Session) -> list[WorklistEntry]:
+    """Every study whose result is an urgent referral, oldest decision first."""
+    rows = session.execute(
+        select(Study, Patient, StudyResult, Instance, Series)
+        .join(Patient, Study.patient_fk == Patient.id)
+        .join(StudyResult, StudyResult.study_fk == Study.id)
+        .join(Instance, StudyResult.deciding_instance_fk == Instance.id)
+        .join(Series, Instance.series_fk == Series.id)
+        .where(StudyResult.referral == Referral.URGENT.value)
+        .order_by(StudyResult.decided_at)
+    ).all()
+    delivered_studies = set(
+        session.scalars(
+            select(Report.study_fk)
+            .join(Delivery)
+            .where(Delivery.state == DeliveryState.DELIVERED)
+        )
+    )
+    return [
+        WorklistEntry(
+            patient_name=patient.patient_name,
+            patient_id=patient.patient_id,
+            patient_birth_date=patient.birth_date,
+            patient_sex=patient.sex,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            study_date=study.study_date,
+            study_time=study.study_time,
+            study_description=study.study_description,
+            referring_physician_name=study.referring_physician_name,
+            modality=series.modality,
+            finding=result.label,
+            referral=result.referral,
+            probability=result.probability,
+            decided_at=result.decided_at,
+            report_sent=study.id in delivered_studies,
+        )
+        for study, patient, result, _instance, series in rows
+    ]
