@@ -1,0 +1,34 @@
+# Quick start: `make demo` runs the whole path on phantoms; `make test` runs
+# the test suite against real dcmtk, Orthanc, dicom3tools and PostgreSQL.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev system-deps lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train]'
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,test]'
+
+system-deps:
+	bash tests/install_system_deps.sh
+
+demo: install
+	$(BIN)/triage demo
+
+lint: install-dev
+	$(BIN)/ruff check daemon dicom_io storage trainer tests
+	$(BIN)/ruff format --check daemon dicom_io storage trainer tests
+	$(BIN)/mypy
+
+test: system-deps install-dev lint
+	bash tests/run_in_netns.sh $(BIN)/pytest
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,180 @@
+"""Real processes the tests talk to: the daemon itself, Orthanc, dcmtk tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+READY_MARKER = "Ready: listening"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dcmtk_env() -> dict[str, str]:
+    # dcmtk 3.6.7 leaves Nagle on unless told (REFERENCE.md).
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def run_tool(args: Sequence[str], timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, env=dcmtk_env(), cwd=cwd
+    )
+
+
+class TriageDaemon:
+    """``triage serve`` as a real process, with its log kept for assertions."""
+
+    def __init__(self, state_dir: Path, models: Mapping[str, Path], **env: str) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "TRIAGE_STORAGE_STATE_DIR": str(state_dir),
+            "TRIAGE_MODELS_OCT": str(models["oct"]),
+            "TRIAGE_MODELS_CXR": str(models["cxr"]),
+            "TRIAGE_DICOM_PORT": str(self.port),
+            "TRIAGE_STUDY_STABLE_SECONDS": "1",
+            "TRIAGE_DELIVERY_RETRY_SECONDS": "1",
+            **env,
+        }
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+
+    def triage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.cli", *args],
+            env=self.env, capture_output=True, text=True, timeout=120, check=check,
+        )
+
+    def start(self, timeout: float = 90) -> None:
+        self.triage("db", "upgrade")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "serve"],
+            env=self.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    raise RuntimeError("triage serve exited:\n" + self.log)
+                continue
+            if READY_MARKER in line:
+                return
+        raise RuntimeError("triage serve did not become ready:\n" + self.log)
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            self._queue.put(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def storescu(self, files: Sequence[Path], *options: str) -> subprocess.CompletedProcess[str]:
+        return run_tool(
+            ["storescu", *options, "-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1",
+             str(self.port), *map(str, files)]
+        )
+
+
+class Orthanc:
+    """Orthanc as the PACS, on ephemeral ports, knowing the daemon's AE title."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.triage_port = 0
+
+    def start(self, triage_port: int = 11112) -> None:
+        if shutil.which("Orthanc") is None:
+            raise RuntimeError("Orthanc is not installed: run tests/install_system_deps.sh")
+        self.triage_port = triage_port
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomModalities": {"triage": ["TRIAGE", "127.0.0.1", triage_port]},
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "Plugins": [],
+        }
+        path = self.folder / "orthanc.json"
+        path.write_text(json.dumps(config))
+        log = (self.folder / "orthanc.log").open("wb")
+        self.process = subprocess.Popen(["Orthanc", str(path)], stdout=log, stderr=log,
+                                        env=dcmtk_env())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start:\n" + (self.folder / "orthanc.log").read_text())
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+            body = r.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def post(self, path: str, payload: Any) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.loads(r.read())
+
+    def structured_reports(self) -> list[dict[str, Any]]:
+        return list(
+            self.post(
+                "/tools/find",
+                {"Level": "Instance", "Query": {"Modality": "SR"}, "Expand": True},
+            )
+        )
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return bytes(self.get(f"/instances/{orthanc_id}/file"))
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

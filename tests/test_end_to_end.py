@@ -1,0 +1,181 @@
+"""The whole path against real processes: storescu -> triage serve -> Orthanc; findscu -W."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from dicom_io.codes import FINDING_CODES, PAPER_REFERRALS, REFERRAL_CODES, Referral
+from dicom_io.phantom_files import write_dicom_studies
+from tests.peers import Orthanc, TriageDaemon, run_tool
+
+pytestmark = pytest.mark.network
+
+STUDIES_PER_CLASS = 2
+SR_TIMEOUT_SECONDS = 120
+
+
+def _content_codes(dataset, concept_meaning: str) -> list[tuple[str, str]]:
+    """(code value, scheme) of every CODE item named ``concept_meaning``, at any depth."""
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        if item.ValueType == "CODE" and name == concept_meaning:
+            concept = item.ConceptCodeSequence[0]
+            found.append((concept.CodeValue, concept.CodingSchemeDesignator))
+        found.extend(_content_codes(item, concept_meaning))
+    return found
+
+
+def _referenced_sop_uids(dataset) -> set[str]:
+    uids = set()
+    for study in dataset.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.ReferencedSeriesSequence:
+            uids.update(ref.ReferencedSOPInstanceUID for ref in series.ReferencedSOPSequence)
+    return uids
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> dict[str, dict]:
+    """Phantom studies of every class, keyed by file path, with their truth."""
+    truth = {}
+    for modality, seed in (("oct", 21), ("cxr", 22)):
+        root = write_dicom_studies(modality, tmp_path / "scanner", STUDIES_PER_CLASS, seed=seed)
+        for relative, record in json.loads((root / "lesions.json").read_text()).items():
+            truth[str(root / relative)] = record
+    return truth
+
+
+def test_scanner_to_pacs_and_worklist(
+    tmp_path: Path, model_dirs: dict[str, Path], orthanc: Orthanc, studies: dict[str, dict]
+) -> None:
+    daemon = TriageDaemon(tmp_path / "state", model_dirs)
+    orthanc.stop()
+    orthanc.start(triage_port=daemon.port)
+    daemon.env["TRIAGE_DESTINATIONS"] = json.dumps(
+        [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    )
+    daemon.start()
+    try:
+        files = [Path(p) for p in studies]
+        pushed_at = time.monotonic()
+        sent = daemon.storescu(files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        deadline = time.monotonic() + SR_TIMEOUT_SECONDS
+        reports = []
+        while time.monotonic() < deadline and len(reports) < len(studies):
+            time.sleep(0.25)
+            reports = orthanc.structured_reports()
+        latency = time.monotonic() - pushed_at
+        print(f"\nend-to-end latency, push of {len(files)} studies to last SR in Orthanc: "
+              f"{latency:.2f} s (stable_seconds=1)")
+        assert len(reports) == len(studies), daemon.log
+
+        by_study = {}
+        for report in reports:
+            sr = dcmread(BytesIO(orthanc.instance_file(report["ID"])))
+            assert sr.StudyInstanceUID not in by_study, "more than one SR for a study"
+            by_study[sr.StudyInstanceUID] = sr
+
+        manifests = {
+            m: json.loads((model_dirs[m] / "manifest.json").read_text()) for m in model_dirs
+        }
+        for path, truth in studies.items():
+            sr = by_study[truth["study_instance_uid"]]
+            source = dcmread(path, stop_before_pixels=True)
+            assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+            assert sr.PatientID == source.PatientID
+            assert sr.AccessionNumber == source.AccessionNumber
+            assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+            assert _referenced_sop_uids(sr) == {truth["sop_instance_uid"]}
+            label = truth["label"]
+            finding = FINDING_CODES[label]
+            assert (finding.value, finding.scheme_designator) in _content_codes(sr, "Finding")
+            referral = REFERRAL_CODES[PAPER_REFERRALS[label]]
+            assert (referral.value, referral.scheme_designator) in _content_codes(
+                sr, "Recommendation"
+            )
+            manifest = manifests["oct" if source.Modality == "OPT" else "cxr"]
+            algorithms = [
+                item
+                for item in sr.ContributingEquipmentSequence
+                if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+            ]
+            assert len(algorithms) == 1
+            assert algorithms[0].ManufacturerModelName == manifest["name"]
+            assert manifest["version"] in algorithms[0].SoftwareVersions
+
+        database = sqlite3.connect(tmp_path / "state" / "triage.sqlite3")
+        rows = dict(
+            database.execute(
+                "select s.study_instance_uid, r.label from study_results r "
+                "join studies s on s.id = r.study_fk"
+            ).fetchall()
+        )
+        assert rows == {t["study_instance_uid"]: t["label"] for t in studies.values()}
+        states = database.execute("select distinct state from instances").fetchall()
+        assert states == [("triaged",)]
+        delivered = database.execute(
+            "select count(*) from deliveries where state = 'delivered'"
+        ).fetchone()
+        assert delivered == (len(studies),)
+
+        urgent = {
+            t["study_instance_uid"]
+            for t in studies.values()
+            if PAPER_REFERRALS[t["label"]] == Referral.URGENT
+        }
+        answers = tmp_path / "worklist"
+        answers.mkdir()
+        found = run_tool(
+            [
+                "findscu", "-W", "-X", "-od", str(answers), "-aet", "CLINIC", "-aec", "TRIAGE",
+                "-k", "PatientName=", "-k", "PatientID=", "-k", "AccessionNumber=",
+                "-k", "StudyInstanceUID=", "-k", "RequestedProcedurePriority=",
+                "-k", "ScheduledProcedureStepSequence[0].Modality=",
+                "127.0.0.1", str(daemon.port),
+            ]
+        )
+        assert found.returncode == 0, found.stderr
+        responses = [dcmread(p) for p in sorted(answers.glob("rsp*.dcm"))]
+        assert len(responses) == len(urgent)
+        assert {r.StudyInstanceUID for r in responses} == urgent
+        truth_by_study = {t["study_instance_uid"]: t for t in studies.values()}
+        for response in responses:
+            truth = truth_by_study[response.StudyInstanceUID]
+            assert response.RequestedProcedurePriority == "STAT"
+            assert response.PatientID == truth["patient_id"]
+            assert response.AccessionNumber == truth["accession_number"]
+            assert str(response.PatientName).startswith("PHANTOM^")
+
+        only_oct = tmp_path / "worklist-oct"
+        only_oct.mkdir()
+        found = run_tool(
+            ["findscu", "-W", "-X", "-od", str(only_oct), "-aet", "CLINIC", "-aec", "TRIAGE",
+             "-k", "ScheduledProcedureStepSequence[0].Modality=OPT", "-k", "StudyInstanceUID=",
+             "127.0.0.1", str(daemon.port)]
+        )
+        assert found.returncode == 0, found.stderr
+        oct_urgent = {
+            t["study_instance_uid"] for t in studies.values() if t["label"] in ("CNV", "DME")
+        }
+        assert {dcmread(p).StudyInstanceUID for p in only_oct.glob("rsp*.dcm")} == oct_urgent
+
+        listed = json.loads(daemon.triage("worklist", "--urgent", "--json").stdout)
+        assert {row["study_instance_uid"] for row in listed} == urgent
+        assert all(row["report_sent"] for row in listed)
+        table = daemon.triage("worklist", "--urgent").stdout
+        assert f"{len(urgent)} urgent referral(s)" in table
+    finally:
+        exit_code = daemon.stop()
+    assert exit_code == 0, daemon.log
+    for line in daemon.lines:
+        if " DEBUG " not in line:
+            assert "PHANTOM^" not in line, f"patient name logged above DEBUG: {line}"
