@@ -23,13 +23,13 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "TRIAGE_"
 
 
-def default_state_dir() -> Path:
+def default_state_dir(environ: Mapping[str, str]) -> Path:
     """Where state lives when the configuration does not say.
 
     systemd sets ``STATE_DIRECTORY`` from the unit's ``StateDirectory=``; an
     interactive run uses ``./var`` so that nothing is written elsewhere.
     """
-    return Path(os.environ.get("STATE_DIRECTORY", "var")).absolute()
+    return Path(environ.get("STATE_DIRECTORY", "var")).absolute()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +57,8 @@ class StorageSettings:
     database_url: str = ""
     spool_dir: str = ""
 
-    def resolved(self) -> StorageSettings:
-        state = Path(self.state_dir) if self.state_dir else default_state_dir()
+    def resolved(self, environ: Mapping[str, str]) -> StorageSettings:
+        state = Path(self.state_dir) if self.state_dir else default_state_dir(environ)
         return StorageSettings(
             state_dir=str(state),
             database_url=self.database_url or f"sqlite:///{state / 'triage.sqlite3'}",
@@ -204,7 +204,7 @@ def load_settings(
     if env_dest := env.get(f"{ENV_PREFIX}DESTINATIONS"):
         destinations = _destinations_from_env(env_dest)
 
-    storage: StorageSettings = sections["storage"].resolved()
+    storage: StorageSettings = sections["storage"].resolved(env)
     settings = Settings(
         dicom=sections["dicom"],
         storage=storage,

@@ -121,7 +121,8 @@ def render_oct(
         )
     elif label == "DME":
         width, lift = rng.uniform(45, 65), rng.uniform(14, 22)
-        top = top - lift * np.exp(-(((x - lesion_x) / width) ** 2))
+        thickening = lift * np.exp(-(((x - lesion_x) / width) ** 2))
+        top = top - thickening
     elif label == "DRUSEN":
         count = int(rng.integers(3, 6))
         centres = np.sort(lesion_x + rng.uniform(-60, 60, size=count))
@@ -154,8 +155,17 @@ def render_oct(
             cyst = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
             image = np.where(cyst, 0.03, image)
             cyst_boxes.append((cx - rx, cy - ry, cx + rx, cy + ry))
+        # The box holds the cysts and the thickened retina above them.
+        thick = np.nonzero(thickening > 3)[0]
         xs0, ys0, xs1, ys1 = zip(*cyst_boxes, strict=True)
-        boxes.append((int(min(xs0)), int(min(ys0)), int(max(xs1)), int(max(ys1))))
+        boxes.append(
+            (
+                int(max(min(min(xs0), thick[0]), 0)),
+                int(max(np.min(top[thick]) - 4, 0)),
+                int(min(max(max(xs1), thick[-1]), cols - 1)),
+                int(max(ys1)),
+            )
+        )
 
     image = box_blur(image, 1, passes=1)
     speckle = rng.gamma(shape=5.0, scale=1 / 5.0, size=shape).astype(np.float32)

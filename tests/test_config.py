@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Settings, load_settings
+from daemon.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "triage.example.toml"
+
+
+def test_defaults_run_out_of_the_box(tmp_path: Path) -> None:
+    settings = load_settings(None, environ={"STATE_DIRECTORY": str(tmp_path)})
+    assert settings.dicom.ae_title == "TRIAGE"
+    assert (settings.dicom.host, settings.dicom.port) == ("127.0.0.1", 11112)
+    assert settings.dicom.allowed_calling_aets == ()
+    assert settings.storage.database_url == f"sqlite:///{tmp_path / 'triage.sqlite3'}"
+    assert settings.spool_dir == tmp_path / "spool"
+    assert settings.models.oct == str(tmp_path / "models" / "oct")
+    assert settings.study.stable_seconds == 5.0
+    assert settings.destinations == ()
+
+
+def test_toml_then_environment(tmp_path: Path) -> None:
+    config = tmp_path / "triage.toml"
+    config.write_text(
+        '[dicom]\nae_title = "FROMFILE"\nport = 104\nallowed_calling_aets = ["OCT1"]\n'
+        "[study]\nstable_seconds = 3\n"
+        '[[destinations]]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 4242\n'
+    )
+    settings = load_settings(
+        config,
+        environ={"TRIAGE_DICOM_PORT": "11113", "TRIAGE_DICOM_ALLOWED_CALLING_AETS": "A,B"},
+    )
+    assert settings.dicom.ae_title == "FROMFILE"
+    assert settings.dicom.port == 11113
+    assert settings.dicom.allowed_calling_aets == ("A", "B")
+    assert settings.study.stable_seconds == 3.0
+    assert [(d.ae_title, d.port) for d in settings.destinations] == [("PACS", 4242)]
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("[dicom]\nport = 70000\n", {}, "dicom.port"),
+        ("[dicom]\nprot = 1\n", {}, "prot"),
+        ("[nonsense]\n", {}, "nonsense"),
+        ('[dicom]\nae_title = "MUCH_TOO_LONG_AE_TITLE"\n', {}, "dicom.ae_title"),
+        ('[dicom]\nport = "104"\n', {}, "dicom.port"),
+        ("", {"TRIAGE_DICOM_PORT": "eleven"}, "TRIAGE_DICOM_PORT"),
+        ("", {"TRIAGE_DESTINATIONS": "{"}, "TRIAGE_DESTINATIONS"),
+        ("[study]\nstable_seconds = -1\n", {}, "stable_seconds"),
+    ],
+)
+def test_bad_values_are_errors(tmp_path: Path, text: str, environ: dict, message: str) -> None:
+    config = tmp_path / "triage.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, environ=environ)
+
+
+def test_example_file_documents_every_key() -> None:
+    documented = tomllib.loads(EXAMPLE.read_text())
+    for field in dataclasses.fields(Settings):
+        if field.name == "destinations":
+            assert "[[destinations]]" in EXAMPLE.read_text()
+            continue
+        section_type = type(getattr(Settings(), field.name))
+        keys = {f.name for f in dataclasses.fields(section_type)}
+        assert set(documented[field.name]) == keys, field.name
+    load_settings(EXAMPLE, environ={})
+
+
+def test_password_is_not_in_the_startup_summary() -> None:
+    settings = load_settings(
+        None, environ={"TRIAGE_STORAGE_DATABASE_URL": "postgresql://triage:s3cret@db/triage"}
+    )
+    assert "s3cret" not in settings.describe()

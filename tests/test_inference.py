@@ -1,0 +1,80 @@
+"""The daemon's inference path on phantom DICOM studies, and provider reporting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from daemon import inference
+from daemon.inference import Classifier
+from daemon.pipeline import classify_file
+from daemon.routing import route
+from dicom_io.codes import TriageModality
+from dicom_io.phantom_files import write_dicom_studies
+
+
+@pytest.mark.parametrize("modality", ["oct", "cxr"])
+def test_phantom_studies_are_classified_correctly(
+    modality: str, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    root = write_dicom_studies(modality, tmp_path, 5, seed=31)
+    truth = json.loads((root / "lesions.json").read_text())
+    classifier = Classifier(model_dirs[modality], device="auto")
+    correct = 0
+    for relative, record in truth.items():
+        result = classify_file(root / relative, classifier)
+        assert result.frame_number == record["frame"]
+        assert abs(sum(result.probabilities.values()) - 1) < 1e-4
+        correct += result.label == record["label"]
+    assert correct / len(truth) >= 0.9
+
+
+def test_provider_in_use_is_reported_once(
+    model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    inference._fallback_reported.clear()
+    with caplog.at_level(logging.WARNING, logger="daemon.inference"):
+        first = Classifier(model_dirs["oct"])
+        second = Classifier(model_dirs["cxr"])
+    fallbacks = [r for r in caplog.records if "CUDA execution provider could not" in r.message]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and first.provider == "CPUExecutionProvider":
+        assert len(fallbacks) == 1
+    else:
+        assert fallbacks == []
+    assert first.provider == second.provider
+    assert Classifier(model_dirs["oct"], device="cpu").provider == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "modality", "body_part", "expected"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.77.1.5.4", "OPT", "", TriageModality.OCT),
+        ("1.2.840.10008.5.1.4.1.1.1", "CR", "CHEST", TriageModality.CXR),
+        ("1.2.840.10008.5.1.4.1.1.1.1", "DX", "chest", TriageModality.CXR),
+        ("1.2.840.10008.5.1.4.1.1.1.1.1", "DX", "", TriageModality.CXR),
+        ("1.2.840.10008.5.1.4.1.1.1.1", "DX", "HAND", None),
+        ("1.2.840.10008.5.1.4.1.1.7", "OPT", "", TriageModality.OCT),
+        ("1.2.840.10008.5.1.4.1.1.7", "OT", "CHEST", TriageModality.CXR),
+        ("1.2.840.10008.5.1.4.1.1.7", "OT", "", None),
+    ],
+)
+def test_routing(sop_class: str, modality: str, body_part: str, expected) -> None:
+    assert route(sop_class, modality, body_part) == expected
+
+
+def test_daemon_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, daemon.cli, daemon.lifecycle, daemon.scp, daemon.pipeline, "
+        "daemon.reporting, daemon.worklist, daemon.demo, dicom_io.sr, storage.queries\n"
+        "daemon.cli.build_parser()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
