@@ -102,8 +102,17 @@ def cmd_worklist(args: argparse.Namespace) -> int:
         rows = [dataclasses.asdict(e) | {"decided_at": e.decided_at.isoformat()} for e in entries]
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ("Priority", "Patient ID", "Patient name", "Accession", "Modality", "Finding",
-               "p", "Decided (UTC)", "SR sent")
+    columns = (
+        "Priority",
+        "Patient ID",
+        "Patient name",
+        "Accession",
+        "Modality",
+        "Finding",
+        "p",
+        "Decided (UTC)",
+        "SR sent",
+    )
     table = [
         (
             "STAT",
@@ -149,29 +158,36 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    serve = with_config(sub.add_parser(
-        "serve",
-        help="run the DICOM triage daemon",
-        description="Receive OCT and CXR images by C-STORE, triage them with the ONNX models, "
-        "record results in SQL, send a Structured Report for each complete study to every "
-        "destination, and answer Modality Worklist queries with the urgent referrals.",
-    ))
+    serve = with_config(
+        sub.add_parser(
+            "serve",
+            help="run the DICOM triage daemon",
+            description="Receive OCT and CXR images by C-STORE, triage them with the ONNX models, "
+            "record results in SQL, send a Structured Report for each complete study to every "
+            "destination, and answer Modality Worklist queries with the urgent referrals.",
+        )
+    )
     serve.set_defaults(handler=cmd_serve)
 
-    db = with_config(sub.add_parser(
-        "db", help="manage the database schema",
-        description="Create or upgrade the database schema (Alembic migrations).",
-    ))
+    db = with_config(
+        sub.add_parser(
+            "db",
+            help="manage the database schema",
+            description="Create or upgrade the database schema (Alembic migrations).",
+        )
+    )
     db.add_argument("action", choices=["upgrade", "status"])
     db.set_defaults(handler=cmd_db)
 
-    phantoms = with_config(sub.add_parser(
-        "phantoms",
-        help="make synthetic OCT or CXR images with lesions at known places",
-        description="Write synthetic images of the paper's classes. 'jpeg' uses the paper's "
-        "data set layout (OCT2017/, chest_xray/); 'dicom' writes one study per phantom "
-        "patient. lesions.json records every lesion's bounding box.",
-    ))
+    phantoms = with_config(
+        sub.add_parser(
+            "phantoms",
+            help="make synthetic OCT or CXR images with lesions at known places",
+            description="Write synthetic images of the paper's classes. 'jpeg' uses the paper's "
+            "data set layout (OCT2017/, chest_xray/); 'dicom' writes one study per phantom "
+            "patient. lesions.json records every lesion's bounding box.",
+        )
+    )
     phantoms.add_argument("--modality", choices=["oct", "cxr"], required=True)
     phantoms.add_argument("--out", required=True, metavar="DIR")
     phantoms.add_argument("--count", type=int, default=20, help="images (or studies) per class")
@@ -179,13 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, default=0)
     phantoms.set_defaults(handler=cmd_phantoms)
 
-    train = with_config(sub.add_parser(
-        "train",
-        help="train a model and export it as a model package (needs the train extra)",
-        description="Train on a data set in the paper's layout and write model.onnx and "
-        "manifest.json to --out. This version trains a small CNN from scratch (no "
-        "pretrained weights, so nothing is transferred).",
-    ))
+    train = with_config(
+        sub.add_parser(
+            "train",
+            help="train a model and export it as a model package (needs the train extra)",
+            description="Train on a data set in the paper's layout and write model.onnx and "
+            "manifest.json to --out. This version trains a small CNN from scratch (no "
+            "pretrained weights, so nothing is transferred).",
+        )
+    )
     train.add_argument("--modality", choices=["oct", "cxr"], required=True)
     train.add_argument("--data", required=True, metavar="DIR")
     train.add_argument("--out", required=True, metavar="DIR")
@@ -195,14 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-per-class", type=int, default=None, metavar="N")
     train.set_defaults(handler=cmd_train)
 
-    worklist = with_config(sub.add_parser(
-        "worklist",
-        help="print the urgent referrals",
-        description="Print every study triaged as an urgent referral, as the Modality "
-        "Worklist serves it.",
-    ))
-    worklist.add_argument("--urgent", action="store_true", default=True,
-                          help="urgent referrals only (the default and, for now, the only list)")
+    worklist = with_config(
+        sub.add_parser(
+            "worklist",
+            help="print the urgent referrals",
+            description="Print every study triaged as an urgent referral, as the Modality "
+            "Worklist serves it.",
+        )
+    )
+    worklist.add_argument(
+        "--urgent",
+        action="store_true",
+        default=True,
+        help="urgent referrals only (the default and, for now, the only list)",
+    )
     worklist.add_argument("--json", action="store_true", help="print JSON for machines")
     worklist.set_defaults(handler=cmd_worklist)
 

@@ -168,9 +168,7 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_settings(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Load settings from ``path`` (optional) and the environment.
 
     Raises
@@ -214,14 +212,15 @@ def load_settings(
         logging=sections["logging"],
         destinations=destinations,
     )
-    for section in (
+    sections_to_check: tuple[Any, ...] = (
         settings.dicom,
         settings.models,
         settings.study,
         settings.delivery,
         settings.logging,
         *settings.destinations,
-    ):
+    )
+    for section in sections_to_check:
         section.validate()
     return settings
 
@@ -269,7 +268,7 @@ def _build(section: str, cls: type, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ConfigError(f'Unknown key(s) in [{section}]: {", ".join(sorted(unknown))}.')
+        raise ConfigError(f"Unknown key(s) in [{section}]: {', '.join(sorted(unknown))}.")
     for name, value in list(values.items()):
         expected = str(known[name].type)
         if expected.startswith("tuple"):

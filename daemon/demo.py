@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
 from daemon.errors import TriageError
 from daemon.status import Status
@@ -66,6 +66,8 @@ def start_demo_pacs(folder: Path) -> tuple[object, int]:
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    if server is None:
+        raise TriageError("The demo PACS could not start.")
     return server, int(server.server_address[1])
 
 
@@ -130,8 +132,10 @@ def run_demo(state_dir: Path, count: int = 2, timeout_seconds: float = 180.0) ->
         while time.monotonic() < deadline and len(received) < len(studies):
             time.sleep(0.5)
             received = sorted((state_dir / "demo-pacs").glob("*.dcm"))
-        print(f"\nDemo PACS holds {len(received)} SR(s) of {len(studies)} studies, in "
-              f"{state_dir / 'demo-pacs'}")
+        print(
+            f"\nDemo PACS holds {len(received)} SR(s) of {len(studies)} studies, in "
+            f"{state_dir / 'demo-pacs'}"
+        )
         print("\nUrgent worklist (triage worklist --urgent):")
         subprocess.run([*triage, "worklist", "--urgent"], env=env, check=True)
         return 0 if len(received) == len(studies) else 1

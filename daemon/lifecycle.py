@@ -16,6 +16,7 @@ import queue
 import signal
 import socket
 import threading
+from pathlib import Path
 from types import FrameType
 
 from daemon.config import Settings
@@ -66,8 +67,8 @@ def watchdog_interval() -> float | None:
 
 def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
     classifiers = {
-        TriageModality.OCT: Classifier(settings.models.oct, settings.models.device),
-        TriageModality.CXR: Classifier(settings.models.cxr, settings.models.device),
+        TriageModality.OCT: Classifier(Path(settings.models.oct), settings.models.device),
+        TriageModality.CXR: Classifier(Path(settings.models.cxr), settings.models.device),
     }
     providers = sorted({c.provider for c in classifiers.values()})
     logger.info("Inference runs on %s", ", ".join(providers))
@@ -127,6 +128,9 @@ def serve(settings: Settings) -> ExitCode:
         )
     except OSError as exc:
         logger.error("Cannot listen on %s:%d: %s", settings.dicom.host, settings.dicom.port, exc)
+        return ExitCode.FAILURE
+    if server is None:
+        logger.error("The DICOM server did not start")
         return ExitCode.FAILURE
     pipeline.start()
     reporter.start()

@@ -93,9 +93,12 @@ class Reporter(threading.Thread):
 
     def report_complete_studies(self) -> None:
         with self.sessions() as session:
-            ready = [s.id for s in queries.studies_ready_to_report(
-                session, self.settings.study.stable_seconds
-            )]
+            ready = [
+                s.id
+                for s in queries.studies_ready_to_report(
+                    session, self.settings.study.stable_seconds
+                )
+            ]
         for study_id in ready:
             if self.stop.is_set():
                 return
@@ -116,9 +119,7 @@ class Reporter(threading.Thread):
                     series_instance_uid=str(header.SeriesInstanceUID),
                     sop_class_uid=str(header.SOPClassUID),
                     content=content,
-                    destinations=[
-                        (d.ae_title, d.host, d.port) for d in self.settings.destinations
-                    ],
+                    destinations=[(d.ae_title, d.host, d.port) for d in self.settings.destinations],
                 )
                 logger.info(
                     "Study %d complete: %s (%s); report queued for %d destination(s)",

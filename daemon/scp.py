@@ -7,6 +7,7 @@ Pixel decoding and inference never run on an association thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -24,7 +25,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
+    Verification,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -134,10 +138,10 @@ def handle_store(event: Any, context: IngestContext) -> int:
         return Status.PROCESSING_FAILURE
     logger.info("Stored instance %d from %s", instance_id, calling)
     logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
-    try:
+    # When the queue is full the instance is still RECEIVED in the database,
+    # and the pipeline's sweep finds it.
+    with contextlib.suppress(queue.Full):
         context.work.put_nowait(instance_id)
-    except queue.Full:
-        pass  # it is RECEIVED in the database; the pipeline sweep finds it
     return Status.SUCCESS
 
 

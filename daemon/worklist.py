@@ -87,8 +87,9 @@ def handle_find(
         yield Status.UNABLE_TO_PROCESS, None
         return
     matched = [entry for entry in entries if matches_query(entry, query)]
-    logger.info("Worklist query from %s: %d urgent item(s)", event.assoc.requestor.ae_title,
-                len(matched))
+    logger.info(
+        "Worklist query from %s: %d urgent item(s)", event.assoc.requestor.ae_title, len(matched)
+    )
     for entry in matched:
         if event.is_cancelled:
             yield 0xFE00, None

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicom_io.phantoms import (
     OCT_SHAPE,
@@ -124,7 +124,7 @@ def _base_dataset(sop_class: str, number: int, rng: np.random.Generator) -> Data
     """Patient, study, series and SOP common modules with fresh UIDs."""
     now = dt.datetime.now()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
 

@@ -157,7 +157,7 @@ def render_oct(
             cyst_boxes.append((cx - rx, cy - ry, cx + rx, cy + ry))
         # The box holds the cysts and the thickened retina above them.
         thick = np.nonzero(thickening > 3)[0]
-        xs0, ys0, xs1, ys1 = zip(*cyst_boxes, strict=True)
+        xs0, _ys0, xs1, ys1 = zip(*cyst_boxes, strict=True)
         boxes.append(
             (
                 int(max(min(min(xs0), thick[0]), 0)),
@@ -176,9 +176,7 @@ def render_oct(
 # --------------------------------------------------------------------- CXR
 
 
-def render_cxr(
-    label: str, rng: np.random.Generator, shape: tuple[int, int] = CXR_SHAPE
-) -> Phantom:
+def render_cxr(label: str, rng: np.random.Generator, shape: tuple[int, int] = CXR_SHAPE) -> Phantom:
     """Render one PA chest radiograph of ``label`` (one of :data:`CXR_LABELS`)."""
     if label not in CXR_LABELS:
         raise ValueError(f'Argument "label" must be one of {CXR_LABELS}, got {label!r}.')
@@ -241,8 +239,8 @@ def render_cxr(
         boxes.extend(lung_boxes)
 
     image = box_blur(image, 2, passes=2)
-    image = image + rng.normal(0, 0.02, size=shape)
-    return Phantom(np.clip(image, 0, 1).astype(np.float32), label, tuple(boxes))
+    noisy = image + rng.normal(0, 0.02, size=shape)
+    return Phantom(np.clip(noisy, 0, 1).astype(np.float32), label, tuple(boxes))
 
 
 def render(modality: str, label: str, rng: np.random.Generator) -> Phantom:

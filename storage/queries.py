@@ -54,9 +54,7 @@ def record_instance(
 ) -> Instance:
     """Add a received instance with its patient, study and series rows."""
     patient = _get_or_create_patient(session, header)
-    study = session.scalar(
-        select(Study).where(Study.study_instance_uid == header.StudyInstanceUID)
-    )
+    study = session.scalar(select(Study).where(Study.study_instance_uid == header.StudyInstanceUID))
     now = utcnow()
     if study is None:
         study = Study(
@@ -182,9 +180,7 @@ def record_result(session: Session, instance: Instance, result: Classification) 
 def _update_study_result(session: Session, study: Study) -> None:
     """The most urgent image decides; among equals, the most confident."""
     results = list(
-        session.scalars(
-            select(InstanceResult).join(Instance).where(Instance.study_fk == study.id)
-        )
+        session.scalars(select(InstanceResult).join(Instance).where(Instance.study_fk == study.id))
     )
     if not results:
         return
@@ -305,9 +301,7 @@ def urgent_worklist(session: Session) -> list[WorklistEntry]:
     ).all()
     delivered_studies = set(
         session.scalars(
-            select(Report.study_fk)
-            .join(Delivery)
-            .where(Delivery.state == DeliveryState.DELIVERED)
+            select(Report.study_fk).join(Delivery).where(Delivery.state == DeliveryState.DELIVERED)
         )
     )
     return [

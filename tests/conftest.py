@@ -69,11 +69,7 @@ def model_dirs(phantom_training_data: Path) -> dict[str, Path]:
         target = cache / modality
         if not (target / "manifest.json").is_file():
             shutil.rmtree(target, ignore_errors=True)
-            train(
-                TrainOptions(
-                    modality=modality, data=phantom_training_data, out=target, seed=0
-                )
-            )
+            train(TrainOptions(modality=modality, data=phantom_training_data, out=target, seed=0))
         packages[modality] = target
     return packages
 

@@ -31,7 +31,9 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def run_tool(args: Sequence[str], timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    args: Sequence[str], timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args), capture_output=True, text=True, timeout=timeout, env=dcmtk_env(), cwd=cwd
     )
@@ -60,14 +62,21 @@ class TriageDaemon:
     def triage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "daemon.cli", *args],
-            env=self.env, capture_output=True, text=True, timeout=120, check=check,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
         )
 
     def start(self, timeout: float = 90) -> None:
         self.triage("db", "upgrade")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve"],
-            env=self.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            env=self.env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -76,7 +85,7 @@ class TriageDaemon:
                 line = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if self.process.poll() is not None:
-                    raise RuntimeError("triage serve exited:\n" + self.log)
+                    raise RuntimeError("triage serve exited:\n" + self.log) from None
                 continue
             if READY_MARKER in line:
                 return
@@ -100,8 +109,17 @@ class TriageDaemon:
 
     def storescu(self, files: Sequence[Path], *options: str) -> subprocess.CompletedProcess[str]:
         return run_tool(
-            ["storescu", *options, "-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1",
-             str(self.port), *map(str, files)]
+            [
+                "storescu",
+                *options,
+                "-aet",
+                "SCANNER",
+                "-aec",
+                "TRIAGE",
+                "127.0.0.1",
+                str(self.port),
+                *map(str, files),
+            ]
         )
 
 
@@ -136,8 +154,9 @@ class Orthanc:
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))
         log = (self.folder / "orthanc.log").open("wb")
-        self.process = subprocess.Popen(["Orthanc", str(path)], stdout=log, stderr=log,
-                                        env=dcmtk_env())
+        self.process = subprocess.Popen(
+            ["Orthanc", str(path)], stdout=log, stderr=log, env=dcmtk_env()
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -27,7 +27,7 @@ def test_paper_file_names(name: str, modality: str, label: str, patient: str) ->
 
 
 def test_unreadable_name_is_an_error() -> None:
-    with pytest.raises(TriageError, match="holiday.jpeg"):
+    with pytest.raises(TriageError, match=r"holiday\.jpeg"):
         parse_name(Path("holiday.jpeg"), "oct")
 
 

@@ -74,8 +74,10 @@ def test_scanner_to_pacs_and_worklist(
             time.sleep(0.25)
             reports = orthanc.structured_reports()
         latency = time.monotonic() - pushed_at
-        print(f"\nend-to-end latency, push of {len(files)} studies to last SR in Orthanc: "
-              f"{latency:.2f} s (stable_seconds=1)")
+        print(
+            f"\nend-to-end latency, push of {len(files)} studies to last SR in Orthanc: "
+            f"{latency:.2f} s (stable_seconds=1)"
+        )
         assert len(reports) == len(studies), daemon.log
 
         by_study = {}
@@ -136,11 +138,29 @@ def test_scanner_to_pacs_and_worklist(
         answers.mkdir()
         found = run_tool(
             [
-                "findscu", "-W", "-X", "-od", str(answers), "-aet", "CLINIC", "-aec", "TRIAGE",
-                "-k", "PatientName=", "-k", "PatientID=", "-k", "AccessionNumber=",
-                "-k", "StudyInstanceUID=", "-k", "RequestedProcedurePriority=",
-                "-k", "ScheduledProcedureStepSequence[0].Modality=",
-                "127.0.0.1", str(daemon.port),
+                "findscu",
+                "-W",
+                "-X",
+                "-od",
+                str(answers),
+                "-aet",
+                "CLINIC",
+                "-aec",
+                "TRIAGE",
+                "-k",
+                "PatientName=",
+                "-k",
+                "PatientID=",
+                "-k",
+                "AccessionNumber=",
+                "-k",
+                "StudyInstanceUID=",
+                "-k",
+                "RequestedProcedurePriority=",
+                "-k",
+                "ScheduledProcedureStepSequence[0].Modality=",
+                "127.0.0.1",
+                str(daemon.port),
             ]
         )
         assert found.returncode == 0, found.stderr
@@ -158,9 +178,23 @@ def test_scanner_to_pacs_and_worklist(
         only_oct = tmp_path / "worklist-oct"
         only_oct.mkdir()
         found = run_tool(
-            ["findscu", "-W", "-X", "-od", str(only_oct), "-aet", "CLINIC", "-aec", "TRIAGE",
-             "-k", "ScheduledProcedureStepSequence[0].Modality=OPT", "-k", "StudyInstanceUID=",
-             "127.0.0.1", str(daemon.port)]
+            [
+                "findscu",
+                "-W",
+                "-X",
+                "-od",
+                str(only_oct),
+                "-aet",
+                "CLINIC",
+                "-aec",
+                "TRIAGE",
+                "-k",
+                "ScheduledProcedureStepSequence[0].Modality=OPT",
+                "-k",
+                "StudyInstanceUID=",
+                "127.0.0.1",
+                str(daemon.port),
+            ]
         )
         assert found.returncode == 0, found.stderr
         oct_urgent = {

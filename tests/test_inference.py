@@ -43,7 +43,10 @@ def test_provider_in_use_is_reported_once(
         first = Classifier(model_dirs["oct"])
         second = Classifier(model_dirs["cxr"])
     fallbacks = [r for r in caplog.records if "CUDA execution provider could not" in r.message]
-    if "CUDAExecutionProvider" in ort.get_available_providers() and first.provider == "CPUExecutionProvider":
+    if (
+        "CUDAExecutionProvider" in ort.get_available_providers()
+        and first.provider == "CPUExecutionProvider"
+    ):
         assert len(fallbacks) == 1
     else:
         assert fallbacks == []
@@ -73,8 +76,11 @@ def test_daemon_never_imports_tensorflow() -> None:
         "import sys, daemon.cli, daemon.lifecycle, daemon.scp, daemon.pipeline, "
         "daemon.reporting, daemon.worklist, daemon.demo, dicom_io.sr, storage.queries\n"
         "daemon.cli.build_parser()\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
+        "training = ('tensorflow', 'keras', 'tf2onnx')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in training)\n"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""

@@ -15,14 +15,19 @@ def test_trained_package_loads(model_dirs: dict[str, Path]) -> None:
     manifest, model_path = load_package(model_dirs["oct"])
     assert manifest.labels == ("CNV", "DME", "DRUSEN", "NORMAL")
     assert {k: v.value for k, v in manifest.referrals.items()} == {
-        "CNV": "urgent", "DME": "urgent", "DRUSEN": "routine", "NORMAL": "observation",
+        "CNV": "urgent",
+        "DME": "urgent",
+        "DRUSEN": "routine",
+        "NORMAL": "observation",
     }
     assert model_path.name == "model.onnx"
     assert manifest.training["holdout_accuracy"] >= 0.9
     assert "from scratch" in manifest.training["base_weights"]
     cxr, _ = load_package(model_dirs["cxr"])
     assert {k: v.value for k, v in cxr.referrals.items()} == {
-        "BACTERIA": "urgent", "VIRUS": "supportive care", "NORMAL": "observation",
+        "BACTERIA": "urgent",
+        "VIRUS": "supportive care",
+        "NORMAL": "observation",
     }
 
 

@@ -29,12 +29,13 @@ def _strongest_change(lesion: np.ndarray, normal: np.ndarray) -> tuple[int, int]
 
 @pytest.mark.parametrize("label", OCT_LABELS)
 def test_oct_lesions_are_where_the_boxes_say(label: str) -> None:
-    geometry = RetinaGeometry(top=80, thickness=62, tilt=0.0, fovea_x=160, pit_depth=15,
-                              pit_width=25)
+    geometry = RetinaGeometry(
+        top=80, thickness=62, tilt=0.0, fovea_x=160, pit_depth=15, pit_width=25
+    )
     lesion = render_oct(label, np.random.default_rng(1), geometry)
     normal = render_oct("NORMAL", np.random.default_rng(1), geometry)
     assert lesion.image.shape == (256, 320)
-    assert 0.0 <= lesion.image.min() and lesion.image.max() <= 1.0
+    assert lesion.image.min() >= 0.0 and lesion.image.max() <= 1.0
     if label == "NORMAL":
         assert lesion.boxes == ()
         return

@@ -39,9 +39,7 @@ def to_onnx(model: Any, manifest: Manifest) -> bytes:
         return {"probabilities": model(image, training=False)}
 
     function = tf.function(serve, input_signature=signature)
-    proto, _ = tf2onnx.convert.from_function(
-        function, input_signature=signature, opset=ONNX_OPSET
-    )
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
     return bytes(proto.SerializeToString())
 
 

@@ -1,0 +1,64 @@
+"""The unit file passes systemd-analyze, and the daemon speaks sd_notify."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.peers import TriageDaemon
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dicom-triage.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists: point it at this environment's triage.
+    triage = Path(sys.executable).parent / "triage"
+    assert triage.exists()
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/dicom-triage/.venv/bin/triage", str(triage)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    text = UNIT.read_text()
+    for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=30"):
+        assert line in text.splitlines()
+
+
+def test_ready_once_and_watchdog_pings(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(0.5)
+    daemon = TriageDaemon(
+        tmp_path / "state", model_dirs, NOTIFY_SOCKET=address, WATCHDOG_USEC="400000"
+    )
+    # WATCHDOG_PID, when set, must name the daemon; leave it unset.
+    daemon.env.pop("WATCHDOG_PID", None)
+    daemon.start()
+    messages: list[str] = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            messages.append(listener.recv(4096).decode())
+    assert daemon.stop() == 0
+    try:
+        while True:
+            messages.append(listener.recv(4096).decode())
+    except TimeoutError:
+        pass
+    listener.close()
+    ready = [m for m in messages if "READY=1" in m.split("\n")]
+    assert len(ready) == 1
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 3
+    assert any("STOPPING=1" in m for m in messages)
+    assert os.path.exists(address)
