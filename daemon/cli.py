@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
     _configure_logging("INFO")
-    return run_demo(Path(args.state_dir), count=args.count)
+    return run_demo(Path(args.state_dir), count=args.count, config=args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,14 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     worklist.add_argument("--json", action="store_true", help="print JSON for machines")
     worklist.set_defaults(handler=cmd_worklist)
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the whole path once on phantoms and exit",
-        description="Build phantom models if absent, start the daemon on the embedded "
-        "defaults, push phantom studies from a simulated scanner to it, wait for the SRs at a "
-        "demo PACS, print the urgent worklist, and stop.",
+    demo = with_config(
+        sub.add_parser(
+            "demo",
+            help="run the whole path once on phantoms and exit",
+            description="Build phantom models if absent, start the daemon on the embedded "
+            "defaults, push phantom studies from a simulated scanner to it, wait for the SRs at a "
+            "demo PACS, print the urgent worklist, and stop.",
+        )
     )
-    demo.add_argument("--state-dir", default="var", metavar="DIR")
+    demo.add_argument(
+        "--state-dir",
+        default="var",
+        metavar="DIR",
+        help="where the demo keeps models, database, spool and SRs",
+    )
     demo.add_argument("--count", type=int, default=2, help="studies per class")
     demo.set_defaults(handler=cmd_demo)
     return parser

@@ -87,7 +87,9 @@ def push_studies(files: list[Path], port: int) -> None:
         assoc.release()
 
 
-def run_demo(state_dir: Path, count: int = 2, timeout_seconds: float = 180.0) -> int:
+def run_demo(
+    state_dir: Path, count: int = 2, timeout_seconds: float = 180.0, config: str | None = None
+) -> int:
     from dicom_io.phantom_files import write_dicom_studies
 
     state_dir = state_dir.absolute()
@@ -95,15 +97,16 @@ def run_demo(state_dir: Path, count: int = 2, timeout_seconds: float = 180.0) ->
     env = dict(os.environ)
     env["TRIAGE_STORAGE_STATE_DIR"] = str(state_dir)
     env["TRIAGE_STUDY_STABLE_SECONDS"] = "2"
+    configured = ["--config", config] if config else []
     triage = [sys.executable, "-m", "daemon.cli"]
-    subprocess.run([*triage, "db", "upgrade"], env=env, check=True)
+    subprocess.run([*triage, "db", "upgrade", *configured], env=env, check=True)
 
     pacs, pacs_port = start_demo_pacs(state_dir / "demo-pacs")
     env["TRIAGE_DESTINATIONS"] = json.dumps(
         [{"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}]
     )
     daemon = subprocess.Popen(
-        [*triage, "serve"], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
+        [*triage, "serve", *configured], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
     )
     lines: queue.Queue[str] = queue.Queue()
 
@@ -137,7 +140,7 @@ def run_demo(state_dir: Path, count: int = 2, timeout_seconds: float = 180.0) ->
             f"{state_dir / 'demo-pacs'}"
         )
         print("\nUrgent worklist (triage worklist --urgent):")
-        subprocess.run([*triage, "worklist", "--urgent"], env=env, check=True)
+        subprocess.run([*triage, "worklist", "--urgent", *configured], env=env, check=True)
         return 0 if len(received) == len(studies) else 1
     finally:
         daemon.terminate()

@@ -79,13 +79,13 @@ def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
             pass
     except Exception as exc:
         raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
-    if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(dataset.get(keyword, "")).strip():
             raise IngestError(
                 f"The dataset has no {keyword}.", Status.CANNOT_UNDERSTAND_MISSING_UID
             )
+    if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)
     if dataset.SOPInstanceUID != affected_sop_instance_uid:
         raise IngestError(
             "SOP Instance UID in the dataset differs from the C-STORE request.",

@@ -1,0 +1,57 @@
+"""The C-STORE handler's header check, on bytes that a network peer could send."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from daemon.errors import IngestError
+from daemon.scp import parse_header
+from daemon.spool import Spool
+from daemon.status import Status
+from dicom_io.phantom_files import write_dicom_studies
+
+
+@pytest.fixture(scope="module")
+def phantom_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    root = write_dicom_studies("oct", tmp_path_factory.mktemp("oct"), 1, seed=9)
+    return sorted(root.rglob("*.dcm"))[0].read_bytes()
+
+
+def _uid(content: bytes) -> str:
+    return str(dcmread(BytesIO(content), stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_valid_instance_passes(phantom_bytes: bytes) -> None:
+    header = parse_header(phantom_bytes, _uid(phantom_bytes))
+    assert header.Modality == "OPT"
+
+
+def test_garbage_after_the_preamble_cannot_be_understood(phantom_bytes: bytes) -> None:
+    header_length = phantom_bytes.index(b"\x08\x00\x05\x00")  # first dataset element
+    garbage = phantom_bytes[:header_length] + b"\x13\x37" * 200
+    with pytest.raises(IngestError) as caught:
+        parse_header(garbage, "1.2.3")
+    assert Status.CANNOT_UNDERSTAND <= caught.value.status <= 0xCFFF
+
+
+def test_uid_mismatch_with_the_request(phantom_bytes: bytes) -> None:
+    with pytest.raises(IngestError) as caught:
+        parse_header(phantom_bytes, "1.2.3.4")
+    assert caught.value.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_spool_writes_and_quarantines(tmp_path: Path, phantom_bytes: bytes) -> None:
+    spool = Spool(tmp_path)
+    first = spool.store(phantom_bytes, "1.2.3")
+    second = spool.store(phantom_bytes, "1.2.3")
+    assert first.path != second.path
+    assert first.path.read_bytes() == phantom_bytes
+    assert first.sha256 == second.sha256
+    kept = spool.quarantine(b"junk", "Cannot parse the dataset", "SCANNER")
+    assert kept.read_bytes() == b"junk"
+    assert "Cannot parse" in kept.with_suffix(".json").read_text()
+    assert list((tmp_path / "incoming").iterdir()) == []
