@@ -48,7 +48,12 @@ def ensure_models(state_dir: Path) -> None:
         data = state_dir / "training-phantoms"
         print(f"Training the {modality} phantom model (once; a minute or two on 2 cores)...")
         write_jpeg_dataset(modality, data, TRAINING_IMAGES_PER_CLASS, seed=7)
-        train(TrainOptions(modality=modality, data=data, out=package, seed=0))
+        train(
+            TrainOptions(
+                modality=modality, data=data, out=package, backbone="small_cnn",
+                base_weights="none", seed=0,
+            )
+        )
 
 
 def start_demo_pacs(folder: Path) -> tuple[object, int]:

@@ -51,6 +51,8 @@ PAPER_REFERRALS: dict[str, Referral] = {
     "NORMAL": Referral.OBSERVATION,
     "BACTERIA": Referral.URGENT,
     "VIRUS": Referral.SUPPORTIVE_CARE,
+    # cxr-pneumonia pools bacterial and viral; the urgent one decides.
+    "PNEUMONIA": Referral.URGENT,
 }
 
 FINDING_CODES: dict[str, Code] = {
@@ -60,6 +62,7 @@ FINDING_CODES: dict[str, Code] = {
     "NORMAL": Code("17621005", "SCT", "Normal"),
     "BACTERIA": Code("53084003", "SCT", "Bacterial pneumonia"),
     "VIRUS": Code("75570004", "SCT", "Viral pneumonia"),
+    "PNEUMONIA": Code("233604007", "SCT", "Pneumonia"),
 }
 
 REFERRAL_CODES: dict[Referral, Code] = {

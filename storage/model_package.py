@@ -134,13 +134,21 @@ def load_package(directory: Path) -> tuple[Manifest, Path]:
     return manifest, model_path
 
 
-def write_package(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> Path:
-    """Write ``model.onnx`` and a manifest whose hash matches it."""
+def write_package(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> Manifest:
+    """Write ``model.onnx`` and a manifest whose hash matches it; return that manifest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MODEL_NAME).write_bytes(onnx_bytes)
-    digest = hashlib.sha256(onnx_bytes).hexdigest()
-    final = dataclasses.replace(manifest, onnx_sha256=digest)
-    final.validate(str(directory))
-    (directory / MANIFEST_NAME).write_text(final.to_json(), encoding="utf-8")
-    return directory
+    final = dataclasses.replace(manifest, onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest())
+    write_manifest(directory, final)
+    return final
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Rewrite the manifest of an existing package (its ONNX hash must still match)."""
+    directory = Path(directory)
+    manifest.validate(str(directory))
+    actual = sha256_of_file(directory / MODEL_NAME)
+    if actual != manifest.onnx_sha256:
+        raise ModelPackageError(f"{directory}: the manifest's hash does not match {MODEL_NAME}.")
+    (directory / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")

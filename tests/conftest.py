@@ -39,6 +39,10 @@ def _source_digest() -> str:
         "trainer/train.py",
         "trainer/datasets.py",
         "trainer/export.py",
+        "trainer/backbones.py",
+        "trainer/head.py",
+        "trainer/backbones.py",
+        "trainer/head.py",
         "dicom_io/phantoms.py",
         "dicom_io/phantom_files.py",
         "dicom_io/preprocess.py",
@@ -69,7 +73,16 @@ def model_dirs(phantom_training_data: Path) -> dict[str, Path]:
         target = cache / modality
         if not (target / "manifest.json").is_file():
             shutil.rmtree(target, ignore_errors=True)
-            train(TrainOptions(modality=modality, data=phantom_training_data, out=target, seed=0))
+            train(
+                TrainOptions(
+                    modality=modality,
+                    data=phantom_training_data,
+                    out=target,
+                    backbone="small_cnn",
+                    base_weights="none",
+                    seed=0,
+                )
+            )
         packages[modality] = target
     return packages
 

@@ -26,9 +26,23 @@ _CXR_NORMAL = re.compile(r"^(?:NORMAL\d*-)?IM-(?P<patient>\d+)-\d+$", re.I)
 
 TASK_LABELS: dict[str, tuple[str, ...]] = {
     "oct4": ("CNV", "DME", "DRUSEN", "NORMAL"),
+    "oct-binary-cnv": ("CNV", "NORMAL"),
+    "oct-binary-dme": ("DME", "NORMAL"),
+    "oct-binary-drusen": ("DRUSEN", "NORMAL"),
     "cxr3": ("BACTERIA", "NORMAL", "VIRUS"),
+    "cxr-pneumonia": ("NORMAL", "PNEUMONIA"),
+    "cxr-bacterial-viral": ("BACTERIA", "VIRUS"),
 }
+TASK_MODALITY = {task: task[:3] for task in TASK_LABELS}
 DEFAULT_TASK = {"oct": "oct4", "cxr": "cxr3"}
+# Labels of a task that pool file labels: pneumonia is bacterial or viral.
+_POOLED = {"cxr-pneumonia": {"BACTERIA": "PNEUMONIA", "VIRUS": "PNEUMONIA"}}
+
+
+def task_label(task: str, file_label: str) -> str | None:
+    """The task's label for an image of ``file_label``, or None if not in the task."""
+    label = _POOLED.get(task, {}).get(file_label, file_label)
+    return label if label in TASK_LABELS[task] else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +79,8 @@ def parse_name(path: Path, modality: str) -> tuple[str, str]:
 
 def discover(data: Path, modality: str, task: str) -> list[Sample]:
     """List every image of ``task`` under ``data``, in a stable order."""
-    labels = TASK_LABELS[task]
+    if TASK_MODALITY.get(task) != modality:
+        raise TriageError(f"Task {task} is not a task for {modality}.")
     root = dataset_root(Path(data), modality)
     samples = []
     for split in ("train", "test"):
@@ -75,8 +90,9 @@ def discover(data: Path, modality: str, task: str) -> list[Sample]:
             label, patient = parse_name(path, modality)
             if modality == "oct" and path.parent.name.upper() != label:
                 raise TriageError(f"{path} is in folder {path.parent.name} but named {label}.")
-            if label in labels:
-                samples.append(Sample(path, label, patient, split))
+            mapped = task_label(task, label)
+            if mapped is not None:
+                samples.append(Sample(path, mapped, patient, split))
     if not samples:
         raise TriageError(f"No images of task {task} found under {root}/{{train,test}}.")
     return samples
