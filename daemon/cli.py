@@ -101,11 +101,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise TriageError(f"Evaluation needs the train extra: {exc}") from exc
     _configure_logging("INFO")
     metrics = evaluate_package(
-        Path(args.model), Path(args.data), split=args.split,
+        Path(args.model),
+        Path(args.data),
+        split=args.split,
         out_dir=Path(args.out) if args.out else None,
     )
-    summary = {k: metrics[k]["value"] for k in
-               ("accuracy", "sensitivity", "specificity", "weighted_error")}
+    summary = {
+        k: metrics[k]["value"] for k in ("accuracy", "sensitivity", "specificity", "weighted_error")
+    }
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -217,58 +220,93 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, default=0)
     phantoms.set_defaults(handler=cmd_phantoms)
 
-    train = with_config(sub.add_parser(
-        "train",
-        help="train a model and export it as a model package (needs the train extra)",
-        description="Train on a data set in the paper's layout (OCT2017/ or chest_xray/ with "
-        "train/ and test/) and write model.onnx, manifest.json, history.json and an evaluation "
-        "of the test split to --out. With pretrained base weights (imagenet, or a weights "
-        "file) this is the method of Kermany et al.: the base is frozen, bottleneck features "
-        "are cached, and only a new softmax layer is trained (Adam, lr 0.001, batches of "
-        "1,000, up to 100 epochs, best step on the patient-level holdout kept). With "
-        "--base-weights none there is nothing to transfer, so the whole network trains from "
-        "scratch.",
-    ))
+    train = with_config(
+        sub.add_parser(
+            "train",
+            help="train a model and export it as a model package (needs the train extra)",
+            description="Train on a data set in the paper's layout (OCT2017/ or chest_xray/ with "
+            "train/ and test/) and write model.onnx, manifest.json, history.json and an evaluation "
+            "of the test split to --out. With pretrained base weights (imagenet, or a weights "
+            "file) this is the method of Kermany et al.: the base is frozen, bottleneck features "
+            "are cached, and only a new softmax layer is trained (Adam, lr 0.001, batches of "
+            "1,000, up to 100 epochs, best step on the patient-level holdout kept). With "
+            "--base-weights none there is nothing to transfer, so the whole network trains from "
+            "scratch.",
+        )
+    )
     train.add_argument("--modality", choices=["oct", "cxr"], required=True)
     train.add_argument("--data", required=True, metavar="DIR")
     train.add_argument("--out", required=True, metavar="DIR")
-    train.add_argument("--task", default=None, choices=[
-        "oct4", "oct-binary-cnv", "oct-binary-dme", "oct-binary-drusen",
-        "cxr3", "cxr-pneumonia", "cxr-bacterial-viral",
-    ], help="default: oct4 or cxr3, the tasks the daemon uses")
-    train.add_argument("--backbone", default="inception_v3",
-                       choices=["inception_v3", "mobilenet_v3_small", "small_cnn"],
-                       help="inception_v3 at 299 (the paper's), mobilenet_v3_small at 224, "
-                       "or small_cnn at 128 (tests)")
-    train.add_argument("--base-weights", default="imagenet", metavar="imagenet|none|PATH",
-                       help="imagenet: Keras' weights (cache or download); none: train from "
-                       "scratch; PATH: a Keras weights file for the base")
-    train.add_argument("--epochs", type=int, default=None,
-                       help="default 100 for the head, 25 from scratch")
-    train.add_argument("--batch-size", type=int, default=None,
-                       help="default 1000 for the head, 32 from scratch")
+    train.add_argument(
+        "--task",
+        default=None,
+        choices=[
+            "oct4",
+            "oct-binary-cnv",
+            "oct-binary-dme",
+            "oct-binary-drusen",
+            "cxr3",
+            "cxr-pneumonia",
+            "cxr-bacterial-viral",
+        ],
+        help="default: oct4 or cxr3, the tasks the daemon uses",
+    )
+    train.add_argument(
+        "--backbone",
+        default="inception_v3",
+        choices=["inception_v3", "mobilenet_v3_small", "small_cnn"],
+        help="inception_v3 at 299 (the paper's), mobilenet_v3_small at 224, "
+        "or small_cnn at 128 (tests)",
+    )
+    train.add_argument(
+        "--base-weights",
+        default="imagenet",
+        metavar="imagenet|none|PATH",
+        help="imagenet: Keras' weights (cache or download); none: train from "
+        "scratch; PATH: a Keras weights file for the base",
+    )
+    train.add_argument(
+        "--epochs", type=int, default=None, help="default 100 for the head, 25 from scratch"
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=None, help="default 1000 for the head, 32 from scratch"
+    )
     train.add_argument("--learning-rate", type=float, default=0.001)
-    train.add_argument("--holdout-fraction", type=float, default=0.1,
-                       help="share of training patients held out to pick the best model")
-    train.add_argument("--limit-per-class", type=int, default=None, metavar="N",
-                       help="the paper's limited model used 1000")
+    train.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="share of training patients held out to pick the best model",
+    )
+    train.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the paper's limited model used 1000",
+    )
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--cache-dir", default=None, metavar="DIR",
-                       help="bottleneck cache (default ~/.cache/dicom-triage/bottlenecks)")
+    train.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="bottleneck cache (default ~/.cache/dicom-triage/bottlenecks)",
+    )
     train.set_defaults(handler=cmd_train)
 
-    evaluate = with_config(sub.add_parser(
-        "evaluate",
-        help="compute the paper's metrics for a model package (needs the train extra)",
-        description="Run a model package as the daemon does on a data set split and write "
-        "metrics.json (accuracy, sensitivity, specificity, weighted error, ROC AUC, confusion "
-        "matrix, per-class figures, 95%% confidence intervals) and PNG plots.",
-    ))
+    evaluate = with_config(
+        sub.add_parser(
+            "evaluate",
+            help="compute the paper's metrics for a model package (needs the train extra)",
+            description="Run a model package as the daemon does on a data set split and write "
+            "metrics.json (accuracy, sensitivity, specificity, weighted error, ROC AUC, confusion "
+            "matrix, per-class figures, 95%% confidence intervals) and PNG plots.",
+        )
+    )
     evaluate.add_argument("--model", required=True, metavar="DIR")
     evaluate.add_argument("--data", required=True, metavar="DIR")
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
-    evaluate.add_argument("--out", default=None, metavar="DIR",
-                          help="default: MODEL/evaluation")
+    evaluate.add_argument("--out", default=None, metavar="DIR", help="default: MODEL/evaluation")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     worklist = with_config(

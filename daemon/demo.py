@@ -50,8 +50,12 @@ def ensure_models(state_dir: Path) -> None:
         write_jpeg_dataset(modality, data, TRAINING_IMAGES_PER_CLASS, seed=7)
         train(
             TrainOptions(
-                modality=modality, data=data, out=package, backbone="small_cnn",
-                base_weights="none", seed=0,
+                modality=modality,
+                data=data,
+                out=package,
+                backbone="small_cnn",
+                base_weights="none",
+                seed=0,
             )
         )
 

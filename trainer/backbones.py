@@ -111,9 +111,7 @@ def _small_cnn_base(shape: tuple[int, int, int]) -> Any:
     inputs = keras.Input(shape, name="image")
     x = inputs
     for index, filters in enumerate((16, 32, 64, 64)):
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, name=f"conv{index}"
-        )(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}")(x)
         x = keras.layers.ReLU(name=f"relu{index}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)

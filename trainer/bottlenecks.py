@@ -31,8 +31,9 @@ def content_key(path: Path) -> str:
 def load_batch(paths: Sequence[Path], spec: InputSpec) -> np.ndarray:
     return np.stack(
         [
-            model_input(load_grey_file(str(p)), spec.height, spec.width, spec.channels,
-                        spec.scaling)
+            model_input(
+                load_grey_file(str(p)), spec.height, spec.width, spec.channels, spec.scaling
+            )
             for p in paths
         ]
     )

@@ -57,8 +57,11 @@ def evaluate_package(
         probabilities,
         seed=seed,
     )
-    metrics["model"] = {"name": manifest.name, "version": manifest.version,
-                        "sha256": manifest.onnx_sha256}
+    metrics["model"] = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "sha256": manifest.onnx_sha256,
+    }
     metrics["split"] = split
     metrics["patients"] = len({s.patient for s in samples})
     out = Path(out_dir) if out_dir else Path(model_dir) / "evaluation"
@@ -87,7 +90,9 @@ def _plot(metrics: dict[str, Any], model_dir: Path, out: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(5, 5))
     for name, roc in metrics["roc"].items():
-        axis.plot(roc["fpr"], roc["tpr"], label=f"{name.replace('_', ' ')} (AUC {roc['value']:.3f})")
+        axis.plot(
+            roc["fpr"], roc["tpr"], label=f"{name.replace('_', ' ')} (AUC {roc['value']:.3f})"
+        )
     axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
     axis.set_xlabel("False positive rate (1 - specificity)")
     axis.set_ylabel("True positive rate (sensitivity)")

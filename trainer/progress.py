@@ -33,10 +33,7 @@ class Progress:
         filled = int(width * self.done / self.total) if self.total else width
         bar = "#" * filled + "-" * (width - filled)
         eta = _duration(remaining) if remaining != float("inf") else "?"
-        line = (
-            f"{self.label} [{bar}] {self.done}/{self.total} "
-            f"{rate:.1f} {self.unit}/s ETA {eta}"
-        )
+        line = f"{self.label} [{bar}] {self.done}/{self.total} {rate:.1f} {self.unit}/s ETA {eta}"
         if self._tty:
             end = "\n" if self.done >= self.total else ""
             self.stream.write("\r" + line + end)

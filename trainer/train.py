@@ -25,7 +25,7 @@ import numpy as np
 
 # TensorFlow reads this when it is first imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402
+import keras
 
 from dicom_io.codes import PAPER_REFERRALS, TriageModality
 from storage.model_package import InputSpec, Manifest, write_manifest
@@ -82,7 +82,7 @@ class TrainResult:
     test_metrics: dict[str, Any] | None
 
 
-class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
+class ImageBatches(keras.utils.PyDataset):
     """Batches of prepared images, loaded lazily (a data set may not fit in memory)."""
 
     def __init__(
@@ -143,9 +143,7 @@ def _train_from_scratch(
     inputs = keras.Input((spec.height, spec.width, spec.channels), name=spec.tensor_name)
     features = base(inputs)
     dropped = keras.layers.Dropout(0.2)(features)
-    outputs = keras.layers.Dense(len(labels), activation="softmax", name="probabilities")(
-        dropped
-    )
+    outputs = keras.layers.Dense(len(labels), activation="softmax", name="probabilities")(dropped)
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
     model.compile(
         optimizer=keras.optimizers.Adam(options.learning_rate),
@@ -155,7 +153,7 @@ def _train_from_scratch(
     batch_size = options.batch_size or 32
     step_logs: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
 
-    class StepHistory(keras.callbacks.Callback):  # type: ignore[misc]
+    class StepHistory(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
             step_logs["train_loss"].append(float((logs or {})["loss"]))
             step_logs["train_accuracy"].append(float((logs or {})["accuracy"]))
@@ -163,18 +161,28 @@ def _train_from_scratch(
     checkpoint = out / ".best.weights.h5"
     history = model.fit(
         ImageBatches(
-            [s.path for s in train_set], _targets(train_set, labels), spec, batch_size, True,
+            [s.path for s in train_set],
+            _targets(train_set, labels),
+            spec,
+            batch_size,
+            True,
             options.seed,
         ),
         validation_data=ImageBatches(
-            [s.path for s in holdout], _targets(holdout, labels), spec, batch_size, False,
+            [s.path for s in holdout],
+            _targets(holdout, labels),
+            spec,
+            batch_size,
+            False,
             options.seed,
         ),
         epochs=options.epochs or 25,
         callbacks=[
             StepHistory(),
             keras.callbacks.ModelCheckpoint(
-                str(checkpoint), monitor="val_accuracy", save_best_only=True,
+                str(checkpoint),
+                monitor="val_accuracy",
+                save_best_only=True,
                 save_weights_only=True,
             ),
         ],
