@@ -65,3 +65,15 @@ def test_limit_per_class(cxr_phantoms: Path) -> None:
     counts = {label: sum(s.label == label for s in limited) for label in ("BACTERIA", "VIRUS")}
     assert counts == {"BACTERIA": 5, "VIRUS": 5}
     assert np.all([s in samples for s in limited])
+
+
+def test_binary_and_pooled_tasks(cxr_phantoms: Path, tmp_path: Path) -> None:
+    pooled = discover(cxr_phantoms, "cxr", "cxr-pneumonia")
+    assert {s.label for s in pooled} == {"NORMAL", "PNEUMONIA"}
+    bacterial_viral = discover(cxr_phantoms, "cxr", "cxr-bacterial-viral")
+    assert {s.label for s in bacterial_viral} == {"BACTERIA", "VIRUS"}
+    assert len(pooled) == len(discover(cxr_phantoms, "cxr", "cxr3"))
+    oct_root = write_jpeg_dataset("oct", tmp_path, 4, seed=2)
+    assert {s.label for s in discover(oct_root, "oct", "oct-binary-cnv")} == {"CNV", "NORMAL"}
+    with pytest.raises(TriageError, match="not a task for"):
+        discover(oct_root, "oct", "cxr3")
