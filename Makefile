@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/triage demo
 
 lint: install-dev
-	$(BIN)/ruff check daemon dicom_io storage trainer tests
-	$(BIN)/ruff format --check daemon dicom_io storage trainer tests
+	$(BIN)/ruff check daemon dicom_io storage trainer tests bench
+	$(BIN)/ruff format --check daemon dicom_io storage trainer tests bench
 	$(BIN)/mypy
 
 test: system-deps install-dev lint
