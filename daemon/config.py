@@ -40,6 +40,8 @@ class DicomSettings:
     allowed_calling_aets: tuple[str, ...] = ()
     max_associations: int = 10
     network_timeout_seconds: float = 60.0
+    # 0 means unlimited: far faster ingest of large images (REFERENCE.md).
+    max_pdu_size: int = 0
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
@@ -49,6 +51,8 @@ class DicomSettings:
             raise ConfigError(f'Key "dicom.port" must be in 0..65535, got {self.port}.')
         if self.max_associations < 1:
             raise ConfigError('Key "dicom.max_associations" must be at least 1.')
+        if self.max_pdu_size != 0 and not 4096 <= self.max_pdu_size <= 2**32 - 1:
+            raise ConfigError('Key "dicom.max_pdu_size" must be 0 (unlimited) or at least 4096.')
 
 
 @dataclasses.dataclass(frozen=True)

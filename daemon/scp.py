@@ -167,7 +167,11 @@ def make_acceptor(
 ) -> AE:
     """The application entity with exactly the contexts dicom-triage accepts."""
     ae = AE(ae_title=settings.ae_title)
-    ae.maximum_pdu_size = 0  # unlimited: far faster ingest (REFERENCE.md)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    # Association policy: the called AE title must be ours (A-ASSOCIATE-RJ
+    # reason 7 otherwise); an allow-list of calling AE titles, when set,
+    # rejects everyone else with reason 3 (PS3.8 9.3.4).
+    ae.require_called_aet = True
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_seconds
     ae.acse_timeout = 30
