@@ -22,7 +22,8 @@ def test_trained_package_loads(model_dirs: dict[str, Path]) -> None:
     }
     assert model_path.name == "model.onnx"
     assert manifest.training["holdout_accuracy"] >= 0.9
-    assert "from scratch" in manifest.training["base_weights"]
+    assert "from scratch" in manifest.training["method"]
+    assert manifest.training["base_weights"] == "none"
     cxr, _ = load_package(model_dirs["cxr"])
     assert {k: v.value for k, v in cxr.referrals.items()} == {
         "BACTERIA": "urgent",
