@@ -92,14 +92,15 @@ class ModelSettings:
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
     stable_seconds: float = 5.0
-    # OCT volumes: "centre" triages the central (foveal) B-scan only.
+    # OCT volumes: "centre" triages the central (foveal) B-scan; "all" triages
+    # every B-scan and reports the most urgent one with its frame number.
     oct_frames: str = "centre"
 
     def validate(self) -> None:
         if self.stable_seconds < 0:
             raise ConfigError('Key "study.stable_seconds" must not be negative.')
-        if self.oct_frames not in ("centre",):
-            raise ConfigError('Key "study.oct_frames" must be "centre".')
+        if self.oct_frames not in ("centre", "all"):
+            raise ConfigError('Key "study.oct_frames" must be "centre" or "all".')
 
 
 @dataclasses.dataclass(frozen=True)

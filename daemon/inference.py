@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,23 +98,36 @@ class Classifier:
 
     def classify(self, image: np.ndarray, frame_number: int | None = None) -> Classification:
         """Classify one grey image in [0, 1] (any size)."""
+        return self.classify_many([image], [frame_number])[0]
+
+    def classify_many(
+        self, images: Sequence[np.ndarray], frame_numbers: Sequence[int | None]
+    ) -> list[Classification]:
+        """Classify several images in one batch (the frames of a volume)."""
         started = time.perf_counter()
-        probabilities = self.predict(self.prepare(image)[None])[0]
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        best = int(np.argmax(probabilities))
-        label = self.manifest.labels[best]
-        return Classification(
-            modality=self.manifest.modality.value,
-            label=label,
-            referral=self.manifest.referral_of(label),
-            probability=float(probabilities[best]),
-            probabilities={
-                name: float(p) for name, p in zip(self.manifest.labels, probabilities, strict=True)
-            },
-            model_name=self.manifest.name,
-            model_version=self.manifest.version,
-            model_sha256=self.manifest.onnx_sha256,
-            execution_provider=self.provider,
-            inference_ms=elapsed_ms,
-            frame_number=frame_number,
-        )
+        batch = np.stack([self.prepare(image) for image in images])
+        rows = self.predict(batch)
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        results = []
+        for probabilities, frame_number in zip(rows, frame_numbers, strict=True):
+            best = int(np.argmax(probabilities))
+            label = self.manifest.labels[best]
+            results.append(
+                Classification(
+                    modality=self.manifest.modality.value,
+                    label=label,
+                    referral=self.manifest.referral_of(label),
+                    probability=float(probabilities[best]),
+                    probabilities={
+                        name: float(p)
+                        for name, p in zip(self.manifest.labels, probabilities, strict=True)
+                    },
+                    model_name=self.manifest.name,
+                    model_version=self.manifest.version,
+                    model_sha256=self.manifest.onnx_sha256,
+                    execution_provider=self.provider,
+                    inference_ms=elapsed_ms,
+                    frame_number=frame_number,
+                )
+            )
+        return results

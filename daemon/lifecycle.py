@@ -103,7 +103,9 @@ def serve(settings: Settings) -> ExitCode:
     sessions = make_session_factory(engine)
     stop = threading.Event()
     work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
-    pipeline = TriagePipeline(sessions, classifiers, work, stop)
+    pipeline = TriagePipeline(
+        sessions, classifiers, work, stop, oct_all_frames=settings.study.oct_frames == "all"
+    )
     reporter = Reporter(settings, sessions, stop)
 
     shutdown_requested = threading.Event()

@@ -19,7 +19,7 @@ from daemon.errors import InferenceError
 from daemon.inference import Classifier
 from daemon.routing import route
 from dicom_io.codes import TriageModality
-from dicom_io.pixels import decode_instance
+from dicom_io.pixels import decode_all_frames, decode_instance
 from storage import queries
 from storage.models import Instance, InstanceState
 
@@ -28,10 +28,21 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 100
 
 
-def classify_file(path: Path, classifier: Classifier) -> queries.Classification:
-    """The pure step: decode the file's image and classify it."""
-    decoded = decode_instance(path)
-    return classifier.classify(decoded.image, decoded.frame_number)
+def classify_file(
+    path: Path, classifier: Classifier, all_frames: bool = False
+) -> queries.Classification:
+    """The pure step: decode the file's image and classify it.
+
+    With ``all_frames`` every frame of a multi-frame image is classified and
+    the most urgent one (the most confident among equals) is the result,
+    with its frame number.
+    """
+    if not all_frames:
+        decoded = decode_instance(path)
+        return classifier.classify(decoded.image, decoded.frame_number)
+    frames = decode_all_frames(path)
+    results = classifier.classify_many([f.image for f in frames], [f.frame_number for f in frames])
+    return min(results, key=lambda r: (r.referral.rank, -r.probability))
 
 
 class TriagePipeline(threading.Thread):
@@ -42,6 +53,7 @@ class TriagePipeline(threading.Thread):
         work: queue.Queue[int],
         stop: threading.Event,
         idle_seconds: float = 0.5,
+        oct_all_frames: bool = False,
     ) -> None:
         super().__init__(name="triage-pipeline", daemon=True)
         self.sessions = sessions
@@ -49,6 +61,7 @@ class TriagePipeline(threading.Thread):
         self.work = work
         self.stop = stop
         self.idle_seconds = idle_seconds
+        self.oct_all_frames = oct_all_frames
 
     def run(self) -> None:
         logger.info("Inference pipeline started")
@@ -104,7 +117,8 @@ class TriagePipeline(threading.Thread):
             logger.warning("Instance %d skipped: no %s model loaded", instance.id, target.value)
             return
         try:
-            result = classify_file(Path(instance.path), classifier)
+            all_frames = self.oct_all_frames and target == TriageModality.OCT
+            result = classify_file(Path(instance.path), classifier, all_frames)
         except InferenceError as exc:
             queries.mark_instance(session, instance, InstanceState.FAILED, str(exc))
             logger.warning("Instance %d could not be triaged: %s", instance.id, exc)

@@ -35,19 +35,42 @@ def centre_frame_index(dataset: Dataset) -> int | None:
 
 
 def decode_instance(path: Path) -> DecodedImage:
-    """Decode the image to triage from the file at ``path``."""
+    """Decode the image to triage from the file at ``path``: the centre frame."""
+    return _decode(path, all_frames=False)[0]
+
+
+def decode_all_frames(path: Path) -> list[DecodedImage]:
+    """Decode every frame (every B-scan of an OCT volume)."""
+    return _decode(path, all_frames=True)
+
+
+def _decode(path: Path, all_frames: bool) -> list[DecodedImage]:
     try:
         header = dcmread(path, stop_before_pixels=True)
         index = centre_frame_index(header)
-        if header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
-            # pixel_array() cannot read one frame from a deflated stream.
-            frames = dcmread(path).pixel_array
-            raw = frames if index is None else frames[index]
-        else:
-            raw = pixel_array(path, index=index)
+        if index is None:
+            raw = _frames(path, header, None)
+            return [DecodedImage(display_image(raw, header), None)]
+        if not all_frames:
+            raw = _frames(path, header, index)
+            return [DecodedImage(display_image(raw, header), index + 1)]
+        volume = _frames(path, header, None)
+        return [
+            DecodedImage(display_image(frame, header), number)
+            for number, frame in enumerate(volume, start=1)
+        ]
+    except InferenceError:
+        raise
     except Exception as exc:
         raise InferenceError(f"Cannot decode pixel data: {exc}") from exc
-    return DecodedImage(display_image(raw, header), None if index is None else index + 1)
+
+
+def _frames(path: Path, header: Dataset, index: int | None) -> np.ndarray:
+    if header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # pixel_array() cannot read single frames from a deflated stream.
+        frames = dcmread(path).pixel_array
+        return frames if index is None else frames[index]
+    return pixel_array(path, index=index)
 
 
 def display_image(raw: np.ndarray, dataset: Dataset) -> np.ndarray:

@@ -84,3 +84,26 @@ def test_daemon_never_imports_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_all_frames_mode_finds_the_most_urgent_b_scan(
+    model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+    from pydicom import dcmread
+
+    root = write_dicom_studies("oct", tmp_path, 1, seed=81)
+    truth = json.loads((root / "lesions.json").read_text())
+    relative = next(rel for rel, rec in truth.items() if rec["label"] == "CNV")
+    dataset = dcmread(root / relative)
+    frames = dataset.pixel_array.copy()
+    frames[[0, 2]] = frames[[2, 0]]  # the lesion moves from frame 3 to frame 1
+    dataset.PixelData = np.ascontiguousarray(frames).tobytes()
+    moved = tmp_path / "moved.dcm"
+    dataset.save_as(moved, enforce_file_format=True)
+
+    classifier = Classifier(model_dirs["oct"], device="cpu")
+    centre = classify_file(moved, classifier)
+    assert (centre.label, centre.frame_number) == ("NORMAL", 3)
+    every = classify_file(moved, classifier, all_frames=True)
+    assert (every.label, every.frame_number) == ("CNV", 1)
