@@ -178,7 +178,7 @@ def make_acceptor(
     ae.dimse_timeout = 60
     for sop_class in ACCEPTED_STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, STORAGE_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(Verification, _UNCOMPRESSED)
     ae.add_supported_context(ModalityWorklistInformationFind, _UNCOMPRESSED)
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)

@@ -92,6 +92,6 @@ def handle_find(
     )
     for entry in matched:
         if event.is_cancelled:
-            yield 0xFE00, None
+            yield Status.CANCEL, None
             return
         yield Status.PENDING, entry_to_dataset(entry, station_ae_title)
