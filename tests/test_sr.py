@@ -24,7 +24,11 @@ def _validate(path: Path) -> str:
 
 @pytest.mark.parametrize(
     ("modality", "label", "referral"),
-    [("oct", "CNV", Referral.URGENT), ("cxr", "VIRUS", Referral.SUPPORTIVE_CARE)],
+    [
+        ("oct", "CNV", Referral.URGENT),
+        ("oct", "DRUSEN", Referral.ROUTINE),
+        ("cxr", "VIRUS", Referral.SUPPORTIVE_CARE),
+    ],
 )
 def test_report_validates_and_round_trips(
     tmp_path: Path, modality: str, label: str, referral: Referral
