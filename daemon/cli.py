@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import logging
 import sys
@@ -156,6 +157,52 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     for row in [columns, *table]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
     print(f"{len(entries)} urgent referral(s)")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from daemon.config import parse_duration
+    from storage.database import create_database_engine, make_session_factory, require_current
+    from storage.models import DeliveryState
+    from storage.queries import outbox, purge_deliveries, retry_deliveries
+
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    engine = create_database_engine(settings.storage.database_url)
+    require_current(engine)
+    with make_session_factory(engine)() as session, session.begin():
+        if args.action == "list":
+            state = DeliveryState(args.state) if args.state else None
+            rows = outbox(session, state)
+            if args.json:
+                print(
+                    json.dumps(
+                        [
+                            dataclasses.asdict(r)
+                            | {"next_attempt_at": r.next_attempt_at.isoformat()}
+                            for r in rows
+                        ],
+                        indent=2,
+                    )
+                )
+            else:
+                for r in rows:
+                    print(
+                        f"{r.delivery_id:>6}  {r.state:<9}  attempts={r.attempts:<3} "
+                        f"{r.destination:<32} next={r.next_attempt_at:%Y-%m-%d %H:%M:%S}  "
+                        f"{r.last_error[:60]}"
+                    )
+                print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+        elif args.action == "retry":
+            count = retry_deliveries(session, args.ids or None)
+            print(f"{count} deliver{'y' if count == 1 else 'ies'} queued again")
+        else:
+            count = purge_deliveries(
+                session,
+                DeliveryState(args.state or "delivered"),
+                dt.timedelta(seconds=parse_duration(args.older_than)),
+            )
+            print(f"{count} deliver{'y' if count == 1 else 'ies'} purged")
     return 0
 
 
@@ -325,6 +372,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worklist.add_argument("--json", action="store_true", help="print JSON for machines")
     worklist.set_defaults(handler=cmd_worklist)
+
+    outbox = with_config(
+        sub.add_parser(
+            "outbox",
+            help="list, retry or purge report deliveries",
+            description="The delivery outbox: one row per report and destination. 'list' shows "
+            "them (--state pending|delivered|failed), 'retry' puts dead-lettered deliveries "
+            "(or the given ids) back in the queue, 'purge' deletes delivered (or, with --state "
+            "failed, dead-lettered) rows older than --older-than.",
+        )
+    )
+    outbox.add_argument("action", choices=["list", "retry", "purge"])
+    outbox.add_argument("ids", nargs="*", type=int, help="delivery ids for retry")
+    outbox.add_argument("--state", choices=["pending", "delivered", "failed"], default=None)
+    outbox.add_argument(
+        "--older-than",
+        default="7d",
+        metavar="DURATION",
+        help="for purge: 30s, 5m, 1h, 7d (default 7d)",
+    )
+    outbox.add_argument("--json", action="store_true", help="list as JSON")
+    outbox.set_defaults(handler=cmd_outbox)
 
     demo = with_config(
         sub.add_parser(

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,14 +116,58 @@ class Destination:
             raise ConfigError(f'Key "destinations.port" must be in 1..65535, got {self.port}.')
 
 
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "5m", "1h" or "7d"."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"{text!r} is not a duration like 30s, 5m, 1h or 7d.")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_retry_schedule(text: str) -> tuple[float, ...]:
+    """Delays between attempts from a dcm4chee-style schedule: "5x1m,12x5m,24x1h".
+
+    Each item is COUNTxDURATION (or a bare DURATION, once). The first
+    attempt is immediate; after the last delay the delivery is dead-lettered.
+    """
+    delays: list[float] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        count_text, _, duration = item.rpartition("x")
+        count = int(count_text) if count_text else 1
+        if count < 1 or (count_text and not count_text.isdigit()):
+            raise ConfigError(f"Retry schedule item {item!r} must be COUNTxDURATION.")
+        delays.extend([parse_duration(duration)] * count)
+    if not delays:
+        raise ConfigError("The retry schedule must not be empty.")
+    return tuple(delays)
+
+
 @dataclasses.dataclass(frozen=True)
 class DeliverySettings:
-    max_attempts: int = 5
-    retry_seconds: float = 30.0
+    # Delays between C-STORE attempts, as dcm4chee writes them; after the
+    # last one the delivery is dead-lettered (state "failed").
+    retry_schedule: str = "5x1m,12x5m,24x1h"
+
+    @property
+    def delays(self) -> tuple[float, ...]:
+        return parse_retry_schedule(self.retry_schedule)
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.delays) + 1
 
     def validate(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError('Key "delivery.max_attempts" must be at least 1.')
+        try:
+            self.delays  # noqa: B018 - parsing is the validation
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(f'Key "delivery.retry_schedule": {exc}') from exc
 
 
 @dataclasses.dataclass(frozen=True)

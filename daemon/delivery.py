@@ -1,8 +1,10 @@
 """Send stored objects to destinations by C-STORE, with retries.
 
-Each delivery row is one object for one destination. A failed attempt is
-retried after ``retry_seconds``, doubled on each further failure, until
-``max_attempts`` are used up; then the row is marked failed.
+Each delivery row is one object for one destination: an outbox. A failed
+attempt is retried after the next delay of the retry schedule
+(``[delivery] retry_schedule``, dcm4chee style, e.g. ``5x1m,12x5m,24x1h``);
+after the last one the row is dead-lettered (state ``failed``) until
+``triage outbox retry`` puts it back.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def attempt(
         )
     except Exception as exc:
         delivery.last_error = str(exc)[:2000]
-        if delivery.attempts >= settings.max_attempts:
+        delays = settings.delays
+        if delivery.attempts > len(delays):
             delivery.state = DeliveryState.FAILED
             logger.error(
                 "Report %d could not be delivered to %s after %d attempts: %s",
@@ -72,7 +75,7 @@ def attempt(
                 exc,
             )
         else:
-            delay = settings.retry_seconds * 2 ** (delivery.attempts - 1)
+            delay = delays[delivery.attempts - 1]
             delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
             logger.warning(
                 "Report %d to %s failed (attempt %d), retrying in %.0f s: %s",

@@ -325,3 +325,67 @@ def urgent_worklist(session: Session) -> list[WorklistEntry]:
         )
         for study, patient, result, _instance, series in rows
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    delivery_id: int
+    report_id: int
+    study_instance_uid: str
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: dt.datetime
+    last_error: str
+
+
+def outbox(session: Session, state: DeliveryState | None = None) -> list[OutboxRow]:
+    query = (
+        select(Delivery, Report, Study)
+        .join(Report, Delivery.report_fk == Report.id)
+        .join(Study, Report.study_fk == Study.id)
+        .order_by(Delivery.id)
+    )
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    return [
+        OutboxRow(
+            delivery_id=delivery.id,
+            report_id=report.id,
+            study_instance_uid=study.study_instance_uid,
+            destination=f"{delivery.ae_title}@{delivery.host}:{delivery.port}",
+            state=delivery.state.value,
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at,
+            last_error=delivery.last_error,
+        )
+        for delivery, report, study in session.execute(query).all()
+    ]
+
+
+def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None) -> int:
+    """Put dead-lettered deliveries (or the given ones) back in the queue, now."""
+    query = select(Delivery).where(Delivery.state != DeliveryState.DELIVERED)
+    if delivery_ids is not None:
+        query = query.where(Delivery.id.in_(delivery_ids))
+    else:
+        query = query.where(Delivery.state == DeliveryState.FAILED)
+    rows = list(session.scalars(query))
+    for delivery in rows:
+        delivery.state = DeliveryState.PENDING
+        delivery.attempts = 0
+        delivery.next_attempt_at = utcnow()
+    return len(rows)
+
+
+def purge_deliveries(session: Session, state: DeliveryState, older_than: dt.timedelta) -> int:
+    """Delete delivered or dead-lettered rows whose last change is older than ``older_than``."""
+    cutoff = utcnow() - older_than
+    rows = list(
+        session.scalars(
+            select(Delivery).where(Delivery.state == state, Delivery.next_attempt_at <= cutoff)
+        )
+    )
+    for delivery in rows:
+        session.delete(delivery)
+    return len(rows)

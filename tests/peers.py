@@ -52,7 +52,7 @@ class TriageDaemon:
             "TRIAGE_MODELS_CXR": str(models["cxr"]),
             "TRIAGE_DICOM_PORT": str(self.port),
             "TRIAGE_STUDY_STABLE_SECONDS": "1",
-            "TRIAGE_DELIVERY_RETRY_SECONDS": "1",
+            "TRIAGE_DELIVERY_RETRY_SCHEDULE": "30x1s",
             **env,
         }
         self.process: subprocess.Popen[str] | None = None

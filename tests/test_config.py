@@ -79,3 +79,15 @@ def test_password_is_not_in_the_startup_summary() -> None:
         None, environ={"TRIAGE_STORAGE_DATABASE_URL": "postgresql://triage:s3cret@db/triage"}
     )
     assert "s3cret" not in settings.describe()
+
+
+def test_retry_schedule_in_dcm4chee_style() -> None:
+    from daemon.config import DeliverySettings, parse_retry_schedule
+
+    delays = parse_retry_schedule("5x1m,12x5m,24x1h")
+    assert len(delays) == 41
+    assert delays[0] == 60 and delays[5] == 300 and delays[-1] == 3600
+    assert parse_retry_schedule("30s") == (30,)
+    assert DeliverySettings("2x1s").max_attempts == 3
+    with pytest.raises(ConfigError, match="retry_schedule"):
+        load_settings(None, environ={"TRIAGE_DELIVERY_RETRY_SCHEDULE": "5y1m"})
