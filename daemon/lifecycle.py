@@ -93,6 +93,8 @@ def serve(settings: Settings) -> ExitCode:
         require_current(engine)
         classifiers = load_classifiers(settings)
         spool = Spool(settings.spool_dir)
+        if removed := spool.remove_partial_writes():
+            logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
     except StorageError as exc:
         logger.error("%s", exc)
         return ExitCode.CONFIG

@@ -60,6 +60,14 @@ class Spool:
         )
         return path
 
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files left by a crash; none of them was acknowledged."""
+        removed = 0
+        for leftover in self.incoming.glob(".*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def discard(self, stored: StoredFile) -> None:
         """Remove a file whose database row could not be written."""
         stored.path.unlink(missing_ok=True)

@@ -55,3 +55,6 @@ def test_spool_writes_and_quarantines(tmp_path: Path, phantom_bytes: bytes) -> N
     assert kept.read_bytes() == b"junk"
     assert "Cannot parse" in kept.with_suffix(".json").read_text()
     assert list((tmp_path / "incoming").iterdir()) == []
+    (tmp_path / "incoming" / ".x.dcm.abc.part").write_bytes(b"half")
+    assert spool.remove_partial_writes() == 1
+    assert list((tmp_path / "incoming").iterdir()) == []

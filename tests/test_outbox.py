@@ -96,8 +96,10 @@ def test_dead_letter_and_retry(tmp_path: Path, model_dirs: dict[str, Path]) -> N
         assert "1 delivery queued again" in daemon.triage("outbox", "retry").stdout
         # Retried from scratch: three more attempts, then dead-lettered again, later.
         _wait(
-            lambda: [r["next_attempt_at"] for r in _outbox(daemon, "--state", "failed")]
-            > [row["next_attempt_at"]],
+            lambda: (
+                [r["next_attempt_at"] for r in _outbox(daemon, "--state", "failed")]
+                > [row["next_attempt_at"]]
+            ),
             60,
             "the retried delivery to fail again",
             daemon.log,

@@ -1,0 +1,111 @@
+"""kill -9 in the middle of parallel pushes loses nothing and reports nothing twice."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from dicom_io.phantom_files import write_dicom_studies
+from tests.peers import TriageDaemon, dcmtk_env
+
+pytestmark = pytest.mark.network
+
+SENDERS = 3
+STUDIES_PER_CLASS = 6  # 4 OCT classes x 6 = 24 single-instance studies
+
+
+def _acknowledged(output: str) -> list[str]:
+    """Files that storescu saw acknowledged with success, from its -v log."""
+    acknowledged, current = [], None
+    for line in output.splitlines():
+        sending = re.search(r"Sending file: (\S+)", line)
+        if sending:
+            current = sending.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            acknowledged.append(current)
+            current = None
+    return acknowledged
+
+
+def test_kill_9_mid_burst(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    files = sorted(
+        write_dicom_studies("oct", tmp_path / "src", STUDIES_PER_CLASS, seed=93).rglob("*.dcm")
+    )
+    uid_of = {str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    daemon = TriageDaemon(tmp_path / "state", model_dirs)
+    daemon.start()
+    senders = [
+        subprocess.Popen(
+            [
+                "storescu",
+                "-v",
+                "-aet",
+                f"SCANNER{n}",
+                "-aec",
+                "TRIAGE",
+                "127.0.0.1",
+                str(daemon.port),
+                *map(str, files[n::SENDERS]),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dcmtk_env(),
+        )
+        for n in range(SENDERS)
+    ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and daemon.log.count("Stored instance") < len(files) // 3:
+        time.sleep(0.01)
+    assert daemon.process is not None
+    daemon.process.kill()  # SIGKILL: no cleanup of any kind
+    daemon.process.wait()
+    outputs = [sender.communicate(timeout=60)[0] for sender in senders]
+    acknowledged = {uid_of[f] for output in outputs for f in _acknowledged(output)}
+    print(f"\npushed {len(files)}, acknowledged before kill -9: {len(acknowledged)}")
+    assert 0 < len(acknowledged) < len(files), "the kill did not land mid-burst"
+
+    daemon.start()
+    try:
+        database = sqlite3.connect(tmp_path / "state" / "triage.sqlite3")
+
+        def reported() -> set[str]:
+            return {
+                uid
+                for (uid,) in database.execute(
+                    "select distinct i.sop_instance_uid from instances i "
+                    "join reports r on r.study_fk = i.study_fk"
+                )
+            }
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not acknowledged <= reported():
+            time.sleep(0.3)
+        present = {uid for (uid,) in database.execute("select sop_instance_uid from instances")}
+        lost = acknowledged - present
+        assert lost == set(), f"{len(lost)} acknowledged instances lost"
+        assert acknowledged <= reported(), daemon.log
+        states = dict(database.execute("select sop_instance_uid, state from instances").fetchall())
+        assert all(states[uid] == "triaged" for uid in acknowledged)
+
+        # The scanner sends again what was not acknowledged; nothing doubles.
+        resend = [f for f in files if uid_of[str(f)] not in acknowledged]
+        assert daemon.storescu(resend).returncode == 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(reported()) < len(files):
+            time.sleep(0.3)
+        assert len(reported()) == len(files)
+        duplicates = database.execute(
+            "select study_fk, count(*) from reports group by study_fk having count(*) > 1"
+        ).fetchall()
+        assert duplicates == []
+        assert database.execute("select count(*) from instances").fetchone() == (len(files),)
+        print(f"instances lost: {len(lost)}, SRs duplicated: {len(duplicates)}")
+    finally:
+        assert daemon.stop() == 0, daemon.log
