@@ -27,8 +27,11 @@ lint: install-dev
 	$(BIN)/ruff format --check daemon dicom_io storage trainer tests bench
 	$(BIN)/mypy
 
+# The whole suite on SQLite, then every test that touches a database (the
+# network tests) again on a private PostgreSQL server.
 test: system-deps install-dev lint
 	bash tests/run_in_netns.sh $(BIN)/pytest
+	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ from pathlib import Path
 import pydicom.config
 import pytest
 
+from tests import peers
 from tests.peers import Orthanc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +96,22 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         yield peer
     finally:
         peer.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_backend() -> Iterator[str]:
+    """SQLite by default; a private PostgreSQL with TRIAGE_TEST_DATABASE=postgresql."""
+    backend = os.environ.get("TRIAGE_TEST_DATABASE", "sqlite")
+    if backend != "postgresql":
+        yield backend
+        return
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    peers.DATABASE_FACTORY.append(server.new_database_url)
+    try:
+        yield backend
+    finally:
+        peers.DATABASE_FACTORY.clear()
+        server.stop()

@@ -8,6 +8,7 @@ command -v dciodvfy >/dev/null || needed+=(dicom3tools)
 command -v ip >/dev/null || needed+=(iproute2)
 command -v unshare >/dev/null || needed+=(util-linux)
 command -v systemd-analyze >/dev/null || needed+=(systemd)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || needed+=(postgresql)
 if ((${#needed[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q

@@ -39,13 +39,49 @@ def run_tool(
     )
 
 
+class Rows(list[tuple[Any, ...]]):
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self[0] if self else None
+
+
+class DatabaseView:
+    """``execute(sql, params)`` with ``?`` placeholders, on any SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url)
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Rows:
+        from sqlalchemy import text
+
+        pieces = statement.split("?")
+        named = {f"p{i}": value for i, value in enumerate(parameters)}
+        rebuilt = pieces[0] + "".join(f":p{i}{piece}" for i, piece in enumerate(pieces[1:]))
+        with self.engine.connect() as connection:
+            return Rows(tuple(row) for row in connection.execute(text(rebuilt), named))
+
+
+# Set by conftest.py when the suite runs against PostgreSQL.
+DATABASE_FACTORY: list[Any] = []
+
+
 class TriageDaemon:
     """``triage serve`` as a real process, with its log kept for assertions."""
 
     def __init__(self, state_dir: Path, models: Mapping[str, Path], **env: str) -> None:
         self.state_dir = state_dir
         self.port = free_port()
+        self.database_url = (
+            DATABASE_FACTORY[0]()
+            if DATABASE_FACTORY
+            else f"sqlite:///{state_dir / 'triage.sqlite3'}"
+        )
         self.env = {
+            "TRIAGE_STORAGE_DATABASE_URL": self.database_url,
             **os.environ,
             "TRIAGE_STORAGE_STATE_DIR": str(state_dir),
             "TRIAGE_MODELS_OCT": str(models["oct"]),
@@ -58,6 +94,10 @@ class TriageDaemon:
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
+
+    def database(self) -> DatabaseView:
+        """Read the daemon's database, SQLite or PostgreSQL, with sqlite3-style calls."""
+        return DatabaseView(self.database_url)
 
     def triage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

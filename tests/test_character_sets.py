@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from io import BytesIO
 from pathlib import Path
@@ -44,7 +43,7 @@ def test_names_round_trip(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     try:
         sent = daemon.storescu([p for p, _ in files.values()])
         assert sent.returncode == 0, sent.stderr
-        database = sqlite3.connect(tmp_path / "state" / "triage.sqlite3")
+        database = daemon.database()
         deadline = time.monotonic() + 60
         reports: list = []
         while time.monotonic() < deadline and len(reports) < len(files):

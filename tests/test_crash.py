@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def test_kill_9_mid_burst(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
 
     daemon.start()
     try:
-        database = sqlite3.connect(tmp_path / "state" / "triage.sqlite3")
+        database = daemon.database()
 
         def reported() -> set[str]:
             return {

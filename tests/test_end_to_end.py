@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from io import BytesIO
 from pathlib import Path
@@ -114,7 +113,7 @@ def test_scanner_to_pacs_and_worklist(
             assert algorithms[0].ManufacturerModelName == manifest["name"]
             assert manifest["version"] in algorithms[0].SoftwareVersions
 
-        database = sqlite3.connect(tmp_path / "state" / "triage.sqlite3")
+        database = daemon.database()
         rows = dict(
             database.execute(
                 "select s.study_instance_uid, r.label from study_results r "

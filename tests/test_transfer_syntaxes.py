@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -101,7 +100,7 @@ def daemon(
 
 
 def _instance_row(daemon: TriageDaemon, sop_instance_uid: str, timeout: float = 60) -> tuple:
-    database = sqlite3.connect(daemon.state_dir / "triage.sqlite3")
+    database = daemon.database()
     deadline = time.monotonic() + timeout
     row = None
     while time.monotonic() < deadline:
@@ -151,7 +150,7 @@ def test_real_chest_cr(name: str, proposal: str, daemon: TriageDaemon, tmp_path:
     assert state == "triaged", error
     assert syntax == str(dataset.file_meta.TransferSyntaxUID)
     assert predicted in ("BACTERIA", "NORMAL", "VIRUS")
-    database = sqlite3.connect(daemon.state_dir / "triage.sqlite3")
+    database = daemon.database()
     deadline = time.monotonic() + 30
     reported = None
     while time.monotonic() < deadline and not reported:
