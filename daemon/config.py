@@ -61,6 +61,15 @@ class StorageSettings:
     state_dir: str = ""
     database_url: str = ""
     spool_dir: str = ""
+    # A second copy of a SOP Instance UID: "keep_first" (as Orthanc does) or
+    # "replace_if_different" (a changed copy replaces the first and is triaged again).
+    duplicate_policy: str = "keep_first"
+
+    def validate(self) -> None:
+        if self.duplicate_policy not in ("keep_first", "replace_if_different"):
+            raise ConfigError(
+                'Key "storage.duplicate_policy" must be "keep_first" or "replace_if_different".'
+            )
 
     def resolved(self, environ: Mapping[str, str]) -> StorageSettings:
         state = Path(self.state_dir) if self.state_dir else default_state_dir(environ)
@@ -68,6 +77,7 @@ class StorageSettings:
             state_dir=str(state),
             database_url=self.database_url or f"sqlite:///{state / 'triage.sqlite3'}",
             spool_dir=self.spool_dir or str(state / "spool"),
+            duplicate_policy=self.duplicate_policy,
         )
 
 
@@ -264,6 +274,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     )
     sections_to_check: tuple[Any, ...] = (
         settings.dicom,
+        settings.storage,
         settings.models,
         settings.study,
         settings.delivery,

@@ -122,7 +122,12 @@ def serve(settings: Settings) -> ExitCode:
 
     ae = make_acceptor(settings.dicom)
     handlers = event_handlers(
-        IngestContext(spool=spool, sessions=sessions, work=work),
+        IngestContext(
+            spool=spool,
+            sessions=sessions,
+            work=work,
+            duplicate_policy=settings.storage.duplicate_policy,
+        ),
         handle_find,
         [sessions, settings.dicom.ae_title],
     )

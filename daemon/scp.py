@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import queue
 import socket
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -68,6 +70,8 @@ class IngestContext:
     spool: Spool
     sessions: sessionmaker[Session]
     work: queue.Queue[int]
+    # "keep_first" (as Orthanc does) or "replace_if_different"
+    duplicate_policy: str = "keep_first"
 
 
 def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
@@ -110,22 +114,32 @@ def handle_store(event: Any, context: IngestContext) -> int:
         return exc.status
 
     uid = str(header.SOPInstanceUID)
+    digest = hashlib.sha256(content).hexdigest()
     with context.sessions() as session:
-        if queries.instance_exists(session, uid):
+        existing = queries.find_instance(session, uid)
+        if existing is not None and (
+            context.duplicate_policy == "keep_first" or existing.sha256 == digest
+        ):
             logger.info("Duplicate instance from %s: the first copy is kept", calling)
             return Status.SUCCESS
+        replaced_path = existing.path if existing is not None else None
     stored = context.spool.store(content, uid)
     try:
         with context.sessions() as session, session.begin():
-            instance = queries.record_instance(
-                session,
-                header,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                path=str(stored.path),
-                size_bytes=stored.size_bytes,
-                sha256=stored.sha256,
-                calling_ae_title=calling,
-            )
+            fields = {
+                "transfer_syntax_uid": str(event.context.transfer_syntax),
+                "path": str(stored.path),
+                "size_bytes": stored.size_bytes,
+                "sha256": stored.sha256,
+                "calling_ae_title": calling,
+            }
+            if replaced_path is None:
+                instance = queries.record_instance(session, header, **fields)
+            else:
+                instance = queries.replace_instance(session, uid, **fields)
+                logger.info(
+                    "Instance %d replaced by a different copy from %s", instance.id, calling
+                )
             instance_id = instance.id
     except IntegrityError:
         # Another association stored the same SOP Instance UID first.
@@ -136,6 +150,8 @@ def handle_store(event: Any, context: IngestContext) -> int:
         context.spool.discard(stored)
         logger.exception("Cannot record an instance from %s", calling)
         return Status.PROCESSING_FAILURE
+    if replaced_path is not None:
+        Path(replaced_path).unlink(missing_ok=True)
     logger.info("Stored instance %d from %s", instance_id, calling)
     logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
     # When the queue is full the instance is still RECEIVED in the database,

@@ -36,10 +36,30 @@ def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
     return str(value if value is not None else "")[:limit]
 
 
-def instance_exists(session: Session, sop_instance_uid: str) -> bool:
-    return bool(
-        session.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid)))
-    )
+def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
+    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def replace_instance(session: Session, sop_instance_uid: str, **fields: object) -> Instance:
+    """Point an instance at a new copy; its result goes and it is triaged again.
+
+    Its study is reopened, so that a new report replaces the old one's
+    content (the old SR stays in the reports table for the audit trail).
+    """
+    instance = find_instance(session, sop_instance_uid)
+    if instance is None:
+        raise KeyError(sop_instance_uid)
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    if instance.result is not None:
+        session.delete(instance.result)
+    instance.state = InstanceState.RECEIVED
+    instance.error = ""
+    instance.received_at = utcnow()
+    instance.study.state = StudyState.RECEIVING
+    instance.study.last_received_at = utcnow()
+    session.flush()
+    return instance
 
 
 def record_instance(
