@@ -64,8 +64,13 @@ class StorageSettings:
     # A second copy of a SOP Instance UID: "keep_first" (as Orthanc does) or
     # "replace_if_different" (a changed copy replaces the first and is triaged again).
     duplicate_policy: str = "keep_first"
+    # Below this much free space in the spool, C-STOREs are refused with
+    # 0xA700 (out of resources) so that the disk never fills.
+    min_free_bytes: int = 1_000_000_000
 
     def validate(self) -> None:
+        if self.min_free_bytes < 0:
+            raise ConfigError('Key "storage.min_free_bytes" must not be negative.')
         if self.duplicate_policy not in ("keep_first", "replace_if_different"):
             raise ConfigError(
                 'Key "storage.duplicate_policy" must be "keep_first" or "replace_if_different".'
@@ -78,6 +83,7 @@ class StorageSettings:
             database_url=self.database_url or f"sqlite:///{state / 'triage.sqlite3'}",
             spool_dir=self.spool_dir or str(state / "spool"),
             duplicate_policy=self.duplicate_policy,
+            min_free_bytes=self.min_free_bytes,
         )
 
 

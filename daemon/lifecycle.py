@@ -127,6 +127,7 @@ def serve(settings: Settings) -> ExitCode:
             sessions=sessions,
             work=work,
             duplicate_policy=settings.storage.duplicate_policy,
+            min_free_bytes=settings.storage.min_free_bytes,
         ),
         handle_find,
         [sessions, settings.dicom.ae_title],

@@ -72,6 +72,7 @@ class IngestContext:
     work: queue.Queue[int]
     # "keep_first" (as Orthanc does) or "replace_if_different"
     duplicate_policy: str = "keep_first"
+    min_free_bytes: int = 0
 
 
 def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
@@ -101,6 +102,9 @@ def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
     calling = event.assoc.requestor.ae_title
+    if context.spool.free_bytes() < context.min_free_bytes:
+        logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
+        return Status.OUT_OF_RESOURCES
     try:
         content = event.encoded_dataset(include_meta=True)
     except Exception:

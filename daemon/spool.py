@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -59,6 +60,9 @@ class Spool:
             self.incoming, path.with_suffix(".json"), json.dumps(note, indent=1).encode()
         )
         return path
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
 
     def remove_partial_writes(self) -> int:
         """Delete temporary files left by a crash; none of them was acknowledged."""

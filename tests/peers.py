@@ -88,6 +88,7 @@ class TriageDaemon:
             "TRIAGE_MODELS_CXR": str(models["cxr"]),
             "TRIAGE_DICOM_PORT": str(self.port),
             "TRIAGE_STUDY_STABLE_SECONDS": "1",
+            "TRIAGE_STORAGE_MIN_FREE_BYTES": "1000000",
             "TRIAGE_DELIVERY_RETRY_SCHEDULE": "30x1s",
             **env,
         }

@@ -84,3 +84,23 @@ def test_refuses_to_start_with_a_tampered_model(
     result = daemon.triage("serve", check=False)
     assert result.returncode == 78
     assert "SHA-256" in result.stderr
+
+
+def test_full_disk_refuses_with_out_of_resources(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    root = write_dicom_studies("cxr", tmp_path / "scanner", 1, seed=43)
+    good = sorted(root.rglob("*.dcm"))[0]
+    daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_STORAGE_MIN_FREE_BYTES=str(10**18))
+    daemon.start()
+    try:
+        refused = daemon.storescu([good], "-d")
+        assert refused.returncode != 0
+        assert "0xa700" in (refused.stdout + refused.stderr).lower()
+        assert list((tmp_path / "state" / "spool" / "instances").rglob("*.dcm")) == []
+        echo = run_tool(
+            ["echoscu", "-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)]
+        )
+        assert echo.returncode == 0
+    finally:
+        assert daemon.stop() == 0, daemon.log
