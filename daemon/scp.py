@@ -14,12 +14,9 @@ import logging
 import queue
 import socket
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -39,6 +36,7 @@ from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Spool
 from daemon.status import Status
+from daemon.validate import parse_header
 from storage import queries
 
 logger = logging.getLogger(__name__)
@@ -75,30 +73,6 @@ class IngestContext:
     min_free_bytes: int = 0
 
 
-def parse_header(content: bytes, affected_sop_instance_uid: str) -> Dataset:
-    """Parse the received dataset enough to record it, or raise ``IngestError``."""
-    try:
-        dataset = dcmread(BytesIO(content), defer_size=1024)
-        # Touch every top-level element so that a malformed one fails here.
-        for _element in dataset:
-            pass
-    except Exception as exc:
-        raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(dataset.get(keyword, "")).strip():
-            raise IngestError(
-                f"The dataset has no {keyword}.", Status.CANNOT_UNDERSTAND_MISSING_UID
-            )
-    if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)
-    if dataset.SOPInstanceUID != affected_sop_instance_uid:
-        raise IngestError(
-            "SOP Instance UID in the dataset differs from the C-STORE request.",
-            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-        )
-    return dataset
-
-
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
     calling = event.assoc.requestor.ae_title
@@ -111,7 +85,12 @@ def handle_store(event: Any, context: IngestContext) -> int:
         logger.exception("Cannot read the received dataset from association %s", calling)
         return Status.CANNOT_UNDERSTAND
     try:
-        header = parse_header(content, event.request.AffectedSOPInstanceUID)
+        header = parse_header(
+            content,
+            event.request.AffectedSOPInstanceUID,
+            str(event.context.abstract_syntax),
+            str(event.context.transfer_syntax),
+        )
     except IngestError as exc:
         path = context.spool.quarantine(content, exc.reason, calling)
         logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, path.name)

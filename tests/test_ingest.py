@@ -9,9 +9,9 @@ import pytest
 from pydicom import dcmread
 
 from daemon.errors import IngestError
-from daemon.scp import parse_header
 from daemon.spool import Spool
 from daemon.status import Status
+from daemon.validate import parse_header
 from dicom_io.phantom_files import write_dicom_studies
 
 

@@ -1,0 +1,134 @@
+"""Check a received dataset before it is stored: the C-STORE handler's gate.
+
+Every rejection is an ``IngestError`` carrying the DIMSE status to answer
+(PS3.4 B.2.3) and a reason that is kept with the quarantined bytes. The
+checks are cheap and bounded: nothing here decodes pixels, and a deflated
+dataset is inflated in chunks with a ceiling before pydicom sees it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from daemon.errors import IngestError
+from daemon.status import Status
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Larger than any OCT volume or radiograph we expect; a deflate bomb is not.
+MAX_DATASET_BYTES = 512 * 1024 * 1024
+MAX_SAMPLES = 512 * 1024 * 1024  # rows x columns x frames x samples per pixel
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def dataset_offset(content: bytes) -> int:
+    """Where the dataset starts after the preamble and the file meta group."""
+    if content[128:132] != b"DICM":
+        return 0
+    position = 132
+    # File meta elements are explicit VR little endian (PS3.10 7.1).
+    while position + 8 <= len(content) and content[position : position + 2] == b"\x02\x00":
+        vr = content[position + 4 : position + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = int.from_bytes(content[position + 8 : position + 12], "little")
+            position += 12 + length
+        else:
+            length = int.from_bytes(content[position + 6 : position + 8], "little")
+            position += 8 + length
+    return position
+
+
+def check_inflated_size(content: bytes, limit: int = MAX_DATASET_BYTES) -> None:
+    """Refuse a deflated dataset that would inflate beyond ``limit`` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    remaining = memoryview(content)[dataset_offset(content) :]
+    total = 0
+    try:
+        chunk = inflater.decompress(remaining, 1 << 20)
+        total += len(chunk)
+        while inflater.unconsumed_tail and total <= limit:
+            chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+            total += len(chunk)
+    except zlib.error as exc:
+        raise IngestError(
+            f"The deflated dataset is corrupt: {exc}", Status.CANNOT_UNDERSTAND
+        ) from exc
+    if total > limit:
+        raise IngestError(
+            f"The deflated dataset inflates beyond {limit} bytes; refused.",
+            Status.CANNOT_UNDERSTAND,
+        )
+
+
+def _check_geometry(dataset: Dataset) -> None:
+    try:
+        rows = int(dataset.Rows)
+        columns = int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        bits = int(dataset.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise IngestError(
+            f"The image pixel description is incomplete: {exc}", Status.CANNOT_UNDERSTAND
+        ) from exc
+    if min(rows, columns, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
+        raise IngestError("The image dimensions are not valid.", Status.CANNOT_UNDERSTAND)
+    declared = rows * columns * frames * samples
+    if declared > MAX_SAMPLES:
+        raise IngestError(
+            f"The declared image ({rows} x {columns} x {frames} frames x {samples} samples) "
+            f"exceeds {MAX_SAMPLES} samples; refused.",
+            Status.CANNOT_UNDERSTAND,
+        )
+    element = dataset.get_item("PixelData")
+    if element is None or getattr(element, "is_undefined_length", False):
+        return  # encapsulated (compressed) pixel data: fragments, not a fixed length
+    value = element.value
+    if value is None:
+        return
+    expected = (declared * bits + 7) // 8
+    if len(value) < expected:
+        raise IngestError(
+            f"Pixel Data holds {len(value)} bytes but the image needs {expected}.",
+            Status.CANNOT_UNDERSTAND,
+        )
+
+
+def parse_header(
+    content: bytes,
+    affected_sop_instance_uid: str,
+    negotiated_sop_class_uid: str | None = None,
+    transfer_syntax_uid: str | None = None,
+) -> Dataset:
+    """Parse and check a received dataset, or raise ``IngestError``."""
+    if transfer_syntax_uid == DEFLATED:
+        check_inflated_size(content)
+    try:
+        dataset = dcmread(BytesIO(content))
+        # Touch every top-level element so that a malformed one fails here.
+        for _element in dataset:
+            pass
+    except Exception as exc:
+        raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(dataset.get(keyword, "")).strip():
+            raise IngestError(
+                f"The dataset has no {keyword}.", Status.CANNOT_UNDERSTAND_MISSING_UID
+            )
+    if not any(key in dataset for key in PIXEL_KEYWORDS):
+        raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)
+    if dataset.SOPInstanceUID != affected_sop_instance_uid:
+        raise IngestError(
+            "SOP Instance UID in the dataset differs from the C-STORE request.",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    if negotiated_sop_class_uid and dataset.SOPClassUID != negotiated_sop_class_uid:
+        raise IngestError(
+            f"The dataset is a {dataset.SOPClassUID} but was sent as {negotiated_sop_class_uid}.",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    _check_geometry(dataset)
+    return dataset
