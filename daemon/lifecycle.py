@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from daemon.audit import AssociationAudit
 from daemon.config import Settings
 from daemon.errors import StorageError, TriageError
 from daemon.inference import Classifier
@@ -121,6 +122,7 @@ def serve(settings: Settings) -> ExitCode:
     signal.signal(signal.SIGINT, on_signal)
 
     ae = make_acceptor(settings.dicom)
+    audit = AssociationAudit(sessions)
     handlers = event_handlers(
         IngestContext(
             spool=spool,
@@ -128,9 +130,10 @@ def serve(settings: Settings) -> ExitCode:
             work=work,
             duplicate_policy=settings.storage.duplicate_policy,
             min_free_bytes=settings.storage.min_free_bytes,
+            audit=audit,
         ),
         handle_find,
-        [sessions, settings.dicom.ae_title],
+        [sessions, settings.dicom.ae_title, audit],
     )
     try:
         server = ae.start_server(

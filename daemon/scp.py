@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
 from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
@@ -71,10 +72,18 @@ class IngestContext:
     # "keep_first" (as Orthanc does) or "replace_if_different"
     duplicate_policy: str = "keep_first"
     min_free_bytes: int = 0
+    audit: AssociationAudit | None = None
 
 
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
+    status = _store(event, context)
+    if context.audit is not None:
+        context.audit.store_answered(event.assoc, status)
+    return status
+
+
+def _store(event: Any, context: IngestContext) -> int:
     calling = event.assoc.requestor.ae_title
     if context.spool.free_bytes() < context.min_free_bytes:
         logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
@@ -187,9 +196,16 @@ def make_acceptor(
 def event_handlers(
     ingest: IngestContext, find_handler: Callable[..., Any], find_args: list[Any]
 ) -> list[Any]:
-    return [
+    handlers = [
         (evt.EVT_C_STORE, handle_store, [ingest]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_FIND, find_handler, find_args),
         (evt.EVT_CONN_OPEN, handle_connection_open),
     ]
+    if ingest.audit is not None:
+        handlers += [
+            (evt.EVT_RELEASED, ingest.audit.on_released),
+            (evt.EVT_ABORTED, ingest.audit.on_aborted),
+            (evt.EVT_REJECTED, ingest.audit.on_rejected),
+        ]
+    return handlers

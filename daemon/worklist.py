@@ -16,6 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audit import AssociationAudit
 from daemon.status import Status
 from storage.queries import WorklistEntry, urgent_worklist
 
@@ -75,9 +76,14 @@ def matches_query(entry: WorklistEntry, query: Dataset) -> bool:
 
 
 def handle_find(
-    event: Any, sessions: sessionmaker[Session], station_ae_title: str
+    event: Any,
+    sessions: sessionmaker[Session],
+    station_ae_title: str,
+    audit: AssociationAudit | None = None,
 ) -> Iterator[tuple[int, Dataset | None]]:
     """C-FIND handler: yield one pending response per matching urgent study."""
+    if audit is not None:
+        audit.query_answered(event.assoc)
     try:
         query = event.identifier
         with sessions() as session:

@@ -213,3 +213,20 @@ class Delivery(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     report: Mapped[Report] = relationship(back_populates="deliveries")
+
+
+class AuditEvent(Base):
+    """One association: who called, what happened, how many instances."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(32))  # released, aborted, rejected
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    called_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    peer_address: Mapped[str] = mapped_column(String(64), default="")
+    instances_stored: Mapped[int] = mapped_column(Integer, default=0)
+    instances_refused: Mapped[int] = mapped_column(Integer, default=0)
+    queries: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -34,5 +34,10 @@ def test_called_and_calling_ae_titles(tmp_path: Path, model_dirs: dict[str, Path
         unknown_calling = _echo(daemon.port, "STRANGER")
         assert "Calling AE Title Not Recognized" in unknown_calling
         assert _echo(daemon.port, "CR2").startswith("rc=0")
+        audit = daemon.database().execute(
+            "select event, calling_ae_title from audit_events order by id"
+        )
+        assert ("released", "OCT1") in audit
+        assert ("rejected", "STRANGER") in audit
     finally:
         assert daemon.stop() == 0, daemon.log
