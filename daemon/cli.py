@@ -206,6 +206,37 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from daemon.config import parse_duration
+    from storage.database import create_database_engine, make_session_factory, require_current
+    from storage.queries import purge_studies
+
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    engine = create_database_engine(settings.storage.database_url)
+    require_current(engine)
+    with make_session_factory(engine)() as session, session.begin():
+        studies, files = purge_studies(
+            session,
+            dt.timedelta(seconds=parse_duration(args.older_than)),
+            settings.retention.keep_results,
+        )
+    spool = settings.spool_dir.resolve()
+    removed = 0
+    for name in files:
+        path = Path(name).resolve()
+        # Only ever delete inside the configured spool.
+        if path.is_relative_to(spool) and path.is_file():
+            path.unlink()
+            removed += 1
+    kept = "kept" if settings.retention.keep_results else "deleted"
+    print(
+        f"{studies} stud{'y' if studies == 1 else 'ies'} retired, {removed} file(s) removed, "
+        f"results {kept}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -394,6 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     outbox.add_argument("--json", action="store_true", help="list as JSON")
     outbox.set_defaults(handler=cmd_outbox)
+
+    purge = with_config(
+        sub.add_parser(
+            "purge",
+            help="remove images (and, if configured, results) past retention",
+            description="Retire studies finished more than --older-than ago whose reports are "
+            "delivered: their images leave the spool; with [retention] keep_results = false "
+            "their rows go too.",
+        )
+    )
+    purge.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 5m, 12h, 90d")
+    purge.set_defaults(handler=cmd_purge)
 
     demo = with_config(
         sub.add_parser(

@@ -187,6 +187,16 @@ class DeliverySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    # `triage purge` always deletes old images from the spool; with
+    # keep_results the triage results, reports and audit stay in SQL.
+    keep_results: bool = True
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
 
@@ -202,6 +212,7 @@ class Settings:
     models: ModelSettings = ModelSettings()
     study: StudySettings = StudySettings()
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
     destinations: tuple[Destination, ...] = ()
 
@@ -230,6 +241,7 @@ _SECTIONS: dict[str, type] = {
     "models": ModelSettings,
     "study": StudySettings,
     "delivery": DeliverySettings,
+    "retention": RetentionSettings,
     "logging": LoggingSettings,
 }
 
@@ -275,6 +287,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         models=sections["models"].resolved(Path(storage.state_dir)),
         study=sections["study"],
         delivery=sections["delivery"],
+        retention=sections["retention"],
         logging=sections["logging"],
         destinations=destinations,
     )

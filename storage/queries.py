@@ -409,3 +409,60 @@ def purge_deliveries(session: Session, state: DeliveryState, older_than: dt.time
     for delivery in rows:
         session.delete(delivery)
     return len(rows)
+
+
+def purge_studies(
+    session: Session, older_than: dt.timedelta, keep_results: bool
+) -> tuple[int, list[str]]:
+    """Retire finished studies last touched before ``older_than`` ago.
+
+    A study qualifies when it is reported (or not reportable) and none of
+    its reports still waits for delivery. Returns the number of studies and
+    the spool files the caller deletes once this transaction commits. With
+    ``keep_results`` only the image files go; otherwise every row of the
+    study goes too (patients left without studies as well).
+    """
+    cutoff = utcnow() - older_than
+    waiting = exists().where(
+        Report.study_fk == Study.id,
+        Delivery.report_fk == Report.id,
+        Delivery.state == DeliveryState.PENDING,
+    )
+    studies = list(
+        session.scalars(
+            select(Study).where(
+                Study.last_received_at < cutoff,
+                Study.state.in_([StudyState.REPORTED, StudyState.NOT_REPORTABLE]),
+                ~waiting,
+            )
+        )
+    )
+    files: list[str] = []
+    for study in studies:
+        instances = list(session.scalars(select(Instance).where(Instance.study_fk == study.id)))
+        files.extend(i.path for i in instances if i.path)
+        if keep_results:
+            for instance in instances:
+                instance.path = ""
+            continue
+        reports = list(session.scalars(select(Report).where(Report.study_fk == study.id)))
+        for report in reports:
+            for delivery in report.deliveries:
+                session.delete(delivery)
+            session.delete(report)
+        if study.result is not None:
+            session.delete(study.result)
+        session.flush()
+        for instance in instances:
+            if instance.result is not None:
+                session.delete(instance.result)
+            session.delete(instance)
+        session.flush()
+        for series in list(study.series):
+            session.delete(series)
+        patient = study.patient
+        session.delete(study)
+        session.flush()
+        if not session.scalar(select(exists().where(Study.patient_fk == patient.id))):
+            session.delete(patient)
+    return len(studies), files

@@ -58,10 +58,14 @@ def test_bad_input_is_refused_and_the_daemon_keeps_serving(
         assert duplicate.returncode == 0, duplicate.stderr
         stored = list((tmp_path / "state" / "spool" / "instances").rglob("*.dcm"))
         assert len(stored) == 1
-        counts = daemon.database().execute(
-            "select sum(instances_stored), sum(instances_refused) from audit_events "
-            "where calling_ae_title = 'SCANNER'"
-        ).fetchone()
+        counts = (
+            daemon.database()
+            .execute(
+                "select sum(instances_stored), sum(instances_refused) from audit_events "
+                "where calling_ae_title = 'SCANNER'"
+            )
+            .fetchone()
+        )
         assert counts == (2, 1)  # the good copy and its duplicate; the one without pixels
     finally:
         assert daemon.stop() == 0, daemon.log
