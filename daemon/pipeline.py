@@ -86,9 +86,9 @@ class TriagePipeline(threading.Thread):
     def process(self, instance_id: int) -> None:
         try:
             with self.sessions() as session, session.begin():
-                instance = session.get(Instance, instance_id)
-                if instance is None or instance.state != InstanceState.RECEIVED:
-                    return
+                instance = queries.claim_instance(session, instance_id)
+                if instance is None:
+                    return  # done already, or another node is on it
                 self._triage(session, instance)
         except Exception:
             # A bug or a database outage must not kill the worker; the

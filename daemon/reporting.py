@@ -22,7 +22,7 @@ from daemon.delivery import attempt
 from dicom_io.codes import Referral, TriageModality
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
 from storage import queries
-from storage.models import Delivery, Study, StudyState
+from storage.models import Study, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class Reporter(threading.Thread):
             if self.stop.is_set():
                 return
             with self.sessions() as session, session.begin():
-                study = session.get(Study, study_id)
-                if study is None or study.state != StudyState.RECEIVING:
+                study = queries.claim_study_to_report(session, study_id)
+                if study is None:
                     continue
                 content = build_study_report(session, study)
                 if content is None:
@@ -136,6 +136,6 @@ class Reporter(threading.Thread):
             if self.stop.is_set():
                 return
             with self.sessions() as session, session.begin():
-                delivery = session.get(Delivery, delivery_id)
+                delivery = queries.claim_delivery(session, delivery_id)
                 if delivery is not None:
                     attempt(session, delivery, self.settings.delivery, self.settings.dicom.ae_title)

@@ -145,6 +145,35 @@ def _get_or_create_patient(session: Session, header: Dataset) -> Patient:
     return patient
 
 
+def claim_instance(session: Session, instance_id: int) -> Instance | None:
+    """Lock an instance still waiting for inference, or None if another node has it.
+
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several daemons share one
+    database; SQLite, with a single writer, ignores it.
+    """
+    return session.scalar(
+        select(Instance)
+        .where(Instance.id == instance_id, Instance.state == InstanceState.RECEIVED)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim_study_to_report(session: Session, study_id: int) -> Study | None:
+    return session.scalar(
+        select(Study)
+        .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim_delivery(session: Session, delivery_id: int) -> Delivery | None:
+    return session.scalar(
+        select(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def pending_instance_ids(session: Session, limit: int) -> list[int]:
     """Instances stored but not yet triaged, oldest first."""
     return list(
@@ -199,6 +228,8 @@ def record_result(session: Session, instance: Instance, result: Classification) 
 
 def _update_study_result(session: Session, study: Study) -> None:
     """The most urgent image decides; among equals, the most confident."""
+    # Serialise the instances of one study across threads and nodes.
+    session.execute(select(Study.id).where(Study.id == study.id).with_for_update())
     results = list(
         session.scalars(select(InstanceResult).join(Instance).where(Instance.study_fk == study.id))
     )

@@ -72,14 +72,22 @@ DATABASE_FACTORY: list[Any] = []
 class TriageDaemon:
     """``triage serve`` as a real process, with its log kept for assertions."""
 
-    def __init__(self, state_dir: Path, models: Mapping[str, Path], **env: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        models: Mapping[str, Path],
+        database_url: str | None = None,
+        **env: str,
+    ) -> None:
         self.state_dir = state_dir
         self.port = free_port()
-        self.database_url = (
-            DATABASE_FACTORY[0]()
-            if DATABASE_FACTORY
-            else f"sqlite:///{state_dir / 'triage.sqlite3'}"
-        )
+        if database_url is None:
+            database_url = (
+                DATABASE_FACTORY[0]()
+                if DATABASE_FACTORY
+                else f"sqlite:///{state_dir / 'triage.sqlite3'}"
+            )
+        self.database_url = database_url
         self.env = {
             "TRIAGE_STORAGE_DATABASE_URL": self.database_url,
             **os.environ,
