@@ -38,6 +38,9 @@ def test_small_backbone_from_scratch_learns_phantoms(
         assert (package / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
     history = json.loads((package / "history.json").read_text())
     assert len(history["train_loss"]) >= training["epochs"]
+    # Accuracy and cross-entropy of every step, for training and holdout (Figure 3).
+    assert len(history["holdout_accuracy"]) == len(history["train_loss"])
+    assert history["holdout_loss"][-1] < history["holdout_loss"][0]
 
 
 def _weights(path: Path) -> list[np.ndarray]:

@@ -43,11 +43,12 @@ from trainer.datasets import (
 )
 from trainer.evaluate import evaluate_package
 from trainer.export import export_package
-from trainer.head import train_head
+from trainer.head import cross_entropy, train_head
 
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+HOLDOUT_PER_STEP = 256
 BASE_WEIGHTS_FILE = "base.weights.h5"
 
 
@@ -151,12 +152,27 @@ def _train_from_scratch(
         metrics=["accuracy"],
     )
     batch_size = options.batch_size or 32
-    step_logs: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
+    step_logs: dict[str, list[float]] = {
+        key: [] for key in ("train_loss", "train_accuracy", "holdout_loss", "holdout_accuracy")
+    }
+    # Figure 3 plots the holdout after every step; a sample of at most
+    # HOLDOUT_PER_STEP images keeps that affordable when training from scratch.
+    tracked = list(holdout)
+    if len(tracked) > HOLDOUT_PER_STEP:
+        rng = np.random.default_rng(options.seed)
+        tracked = [tracked[i] for i in sorted(rng.permutation(len(tracked))[:HOLDOUT_PER_STEP])]
+    tracked_x = load_batch([s.path for s in tracked], spec)
+    tracked_y = _targets(tracked, labels)
 
     class StepHistory(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
             step_logs["train_loss"].append(float((logs or {})["loss"]))
             step_logs["train_accuracy"].append(float((logs or {})["accuracy"]))
+            probabilities = np.asarray(model(tracked_x, training=False))
+            step_logs["holdout_loss"].append(cross_entropy(probabilities, tracked_y))
+            step_logs["holdout_accuracy"].append(
+                float(np.mean(probabilities.argmax(axis=1) == tracked_y))
+            )
 
     checkpoint = out / ".best.weights.h5"
     history = model.fit(
