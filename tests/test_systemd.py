@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,8 +31,22 @@ def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     text = UNIT.read_text()
-    for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=30"):
+    for line in (
+        "Type=notify",
+        "Restart=on-failure",
+        "WatchdogSec=30",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+    ):
         assert line in text.splitlines()
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure, security.stdout + security.stderr
+    assert float(exposure.group(1)) <= 2.0, security.stdout
 
 
 def test_ready_once_and_watchdog_pings(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
