@@ -237,6 +237,37 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.health import judge, read_status
+
+    settings = _settings(args)
+    snapshot = read_status(settings.state_dir)
+    healthy, problems = judge(snapshot)
+    if args.json:
+        print(json.dumps({"healthy": healthy, "problems": problems, "status": snapshot}, indent=2))
+    elif snapshot is None:
+        print(f"not running: no status in {settings.state_dir}")
+    else:
+        print(
+            f"{'healthy' if healthy else 'UNHEALTHY'}: {settings.dicom.ae_title} on "
+            f"{snapshot['listen']} (pid {snapshot['pid']}, updated {snapshot['updated_at']})"
+        )
+        for modality, model in snapshot["models"].items():
+            print(
+                f"  model {modality}: {model['name']} {model['version']} "
+                f"sha256 {model['sha256'][:12]} on {model['provider']}"
+            )
+        print(
+            f"  queue {snapshot['queue_depth']}, outbox pending {snapshot['outbox_pending']}, "
+            f"dead letters {snapshot['dead_letters']}, spool free "
+            f"{snapshot['spool_free_bytes'] / 1e9:.1f} GB"
+        )
+        print(f"  last error: {snapshot['last_error'] or 'none'}")
+        for problem in problems:
+            print(f"  problem: {problem}")
+    return 0 if healthy else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -437,6 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 5m, 12h, 90d")
     purge.set_defaults(handler=cmd_purge)
+
+    status = with_config(
+        sub.add_parser(
+            "status",
+            help="is the daemon healthy? (exit 0 when it is)",
+            description="Read the status the running daemon refreshes in its state directory: "
+            "listening AE and port, models with versions and hashes, execution provider, queue "
+            "depth, outbox backlog and dead letters, free disk, last error. Exits 1 when the "
+            "daemon is not running, stale, stopping or has a stopped worker.",
+        )
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.set_defaults(handler=cmd_status)
 
     demo = with_config(
         sub.add_parser(

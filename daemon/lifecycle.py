@@ -9,6 +9,7 @@ alive.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 import os
@@ -18,10 +19,14 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit import AssociationAudit
 from daemon.config import Settings
 from daemon.errors import StorageError, TriageError
+from daemon.health import LastError, write_status
 from daemon.inference import Classifier
 from daemon.pipeline import TriagePipeline
 from daemon.reporting import Reporter
@@ -29,6 +34,7 @@ from daemon.scp import IngestContext, event_handlers, make_acceptor
 from daemon.spool import Spool
 from daemon.worklist import handle_find
 from dicom_io.codes import TriageModality
+from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
 
 logger = logging.getLogger(__name__)
@@ -86,6 +92,42 @@ def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
     return classifiers
 
 
+def _snapshot(
+    settings: Settings,
+    classifiers: dict[TriageModality, Classifier],
+    work: queue.Queue[int],
+    spool: Spool,
+    sessions: sessionmaker[Session],
+    last_error: LastError,
+    workers_alive: bool,
+) -> dict[str, Any]:
+    with sessions() as session:
+        pending, failed = queries.delivery_counts(session)
+    return {
+        "pid": os.getpid(),
+        "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "ae_title": settings.dicom.ae_title,
+        "listen": f"{settings.dicom.host}:{settings.dicom.port}",
+        "models": {
+            modality.value: {
+                "name": c.manifest.name,
+                "version": c.manifest.version,
+                "sha256": c.manifest.onnx_sha256,
+                "provider": c.provider,
+            }
+            for modality, c in classifiers.items()
+        },
+        "queue_depth": work.qsize(),
+        "outbox_pending": pending,
+        "dead_letters": failed,
+        "spool_free_bytes": spool.free_bytes(),
+        "workers_alive": workers_alive,
+        "last_error": last_error.message,
+        "last_error_at": last_error.at,
+        "stopping": False,
+    }
+
+
 def serve(settings: Settings) -> ExitCode:
     """Run until signalled; return the process exit code."""
     logger.info("Starting dicom-triage: %s", settings.describe())
@@ -104,6 +146,8 @@ def serve(settings: Settings) -> ExitCode:
         return ExitCode.CONFIG
 
     sessions = make_session_factory(engine)
+    last_error = LastError()
+    logging.getLogger().addHandler(last_error)
     stop = threading.Event()
     work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
     pipeline = TriagePipeline(
@@ -154,13 +198,23 @@ def serve(settings: Settings) -> ExitCode:
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     exit_code = ExitCode.OK
+    snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True)
+    write_status(settings.state_dir, snapshot)
     while not shutdown_requested.wait(tick):
-        if not (pipeline.is_alive() and reporter.is_alive()):
+        alive = pipeline.is_alive() and reporter.is_alive()
+        snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
+        write_status(settings.state_dir, snapshot)
+        if not alive:
             logger.error("A worker thread died; stopping so that systemd restarts the service")
             exit_code = ExitCode.FAILURE
             break
+        notify(
+            f"STATUS=queue {snapshot['queue_depth']}, outbox {snapshot['outbox_pending']}, "
+            f"dead letters {snapshot['dead_letters']}"
+        )
         if interval:
             notify("WATCHDOG=1")
+    write_status(settings.state_dir, {**snapshot, "stopping": True})
 
     logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
     notify("STOPPING=1")

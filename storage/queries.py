@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from dicom_io.codes import Referral
@@ -497,3 +497,11 @@ def purge_studies(
         if not session.scalar(select(exists().where(Study.patient_fk == patient.id))):
             session.delete(patient)
     return len(studies), files
+
+
+def delivery_counts(session: Session) -> tuple[int, int]:
+    """(pending, dead-lettered) deliveries, for the health status."""
+    rows = dict(
+        session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+    )
+    return int(rows.get(DeliveryState.PENDING, 0)), int(rows.get(DeliveryState.FAILED, 0))

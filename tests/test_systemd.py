@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -77,3 +78,25 @@ def test_ready_once_and_watchdog_pings(tmp_path: Path, model_dirs: dict[str, Pat
     assert sum(m == "WATCHDOG=1" for m in messages) >= 3
     assert any("STOPPING=1" in m for m in messages)
     assert os.path.exists(address)
+
+
+def test_status_reports_health(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    daemon = TriageDaemon(tmp_path / "state", model_dirs)
+    daemon.start()
+    try:
+        result = daemon.triage("status", "--json")
+        report = json.loads(result.stdout)
+        assert report["healthy"] is True, report
+        status = report["status"]
+        assert status["listen"].endswith(f":{daemon.port}")
+        assert set(status["models"]) == {"oct", "cxr"}
+        assert status["models"]["oct"]["provider"] in (
+            "CPUExecutionProvider",
+            "CUDAExecutionProvider",
+        )
+        assert status["dead_letters"] == 0 and status["spool_free_bytes"] > 0
+        assert "healthy" in daemon.triage("status").stdout
+    finally:
+        assert daemon.stop() == 0, daemon.log
+    stopped = daemon.triage("status", check=False)
+    assert stopped.returncode == 1

@@ -1,0 +1,68 @@
+"""Health: a status file the running daemon refreshes, read by `triage status`.
+
+The daemon writes ``status.json`` in its state directory every few seconds
+(atomically): listening address, models, execution provider, queue depth,
+outbox backlog and dead letters, free disk, the last error logged. It holds
+no patient data. A reader judges health from it: the process is alive, the
+file is fresh and every worker thread is running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+STALE_SECONDS = 15.0
+
+
+class LastError(logging.Handler):
+    """Remembers the most recent ERROR record (messages carry no patient data)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.message = ""
+        self.at = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = f"{record.name}: {record.getMessage()}"[:500]
+        self.at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_status(state_dir: Path, snapshot: dict[str, Any]) -> None:
+    path = Path(state_dir) / STATUS_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(snapshot, indent=1))
+    os.replace(temporary, path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((Path(state_dir) / STATUS_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def judge(snapshot: dict[str, Any] | None) -> tuple[bool, list[str]]:
+    """(healthy, reasons it is not)."""
+    if snapshot is None:
+        return False, ["no status file: the daemon is not running here"]
+    problems = []
+    pid = int(snapshot.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        problems.append(f"process {pid} is not running")
+    updated = dt.datetime.fromisoformat(snapshot["updated_at"])
+    age = (dt.datetime.now(dt.UTC) - updated).total_seconds()
+    if age > STALE_SECONDS:
+        problems.append(f"status is {age:.0f} s old")
+    if not snapshot.get("workers_alive", False):
+        problems.append("a worker thread has stopped")
+    if snapshot.get("stopping"):
+        problems.append("the daemon is stopping")
+    return not problems, problems
