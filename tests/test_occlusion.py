@@ -67,3 +67,17 @@ def test_fast_mode_matches_stride_one(
     # 10% of its own maximum.
     fast_row, fast_col = peak(fast.values)
     assert exact.values[fast_row, fast_col] >= 0.9 * exact.values.max()
+
+
+def test_accumulation_matches_a_plain_loop() -> None:
+    from daemon.occlusion import _accumulate
+
+    rng = np.random.default_rng(3)
+    drops = {(y, x): float(rng.normal()) for y in range(0, 23, 3) for x in range(0, 19, 2)}
+    fast = _accumulate(drops, (30, 28), 8)
+    total = np.zeros((30, 28))
+    count = np.zeros((30, 28))
+    for (y, x), drop in drops.items():
+        total[y : y + 8, x : x + 8] += drop
+        count[y : y + 8, x : x + 8] += 1
+    assert np.allclose(fast, total / np.maximum(count, 1), atol=1e-6)
