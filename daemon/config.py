@@ -187,6 +187,31 @@ class DeliverySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class OcclusionSettings:
+    # Occlusion maps (Kermany et al.: a blank box slid over the image).
+    enabled: bool = True
+    # Send the heat-map Secondary Capture to the destinations too (after the SR).
+    send: bool = False
+    box: int = 20
+    mode: str = "fast"  # "fast", or "grid" at `stride`
+    stride: int = 1
+    referrals: tuple[str, ...] = ("urgent", "routine", "supportive care")
+    workers: int = 1
+    queue_size: int = 16
+
+    def validate(self) -> None:
+        if self.mode not in ("fast", "grid"):
+            raise ConfigError('Key "occlusion.mode" must be "fast" or "grid".')
+        if self.box < 1 or self.stride < 1 or self.workers < 1 or self.queue_size < 1:
+            raise ConfigError(
+                'Keys "occlusion.box", "stride", "workers" and "queue_size" must be positive.'
+            )
+        allowed = {"urgent", "routine", "supportive care", "observation"}
+        if not set(self.referrals) <= allowed:
+            raise ConfigError(f'Key "occlusion.referrals" may only hold {sorted(allowed)}.')
+
+
+@dataclasses.dataclass(frozen=True)
 class RetentionSettings:
     # `triage purge` always deletes old images from the spool; with
     # keep_results the triage results, reports and audit stay in SQL.
@@ -212,6 +237,7 @@ class Settings:
     models: ModelSettings = ModelSettings()
     study: StudySettings = StudySettings()
     delivery: DeliverySettings = DeliverySettings()
+    occlusion: OcclusionSettings = OcclusionSettings()
     retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
     destinations: tuple[Destination, ...] = ()
@@ -241,6 +267,7 @@ _SECTIONS: dict[str, type] = {
     "models": ModelSettings,
     "study": StudySettings,
     "delivery": DeliverySettings,
+    "occlusion": OcclusionSettings,
     "retention": RetentionSettings,
     "logging": LoggingSettings,
 }
@@ -287,6 +314,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         models=sections["models"].resolved(Path(storage.state_dir)),
         study=sections["study"],
         delivery=sections["delivery"],
+        occlusion=sections["occlusion"],
         retention=sections["retention"],
         logging=sections["logging"],
         destinations=destinations,
@@ -297,6 +325,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         settings.models,
         settings.study,
         settings.delivery,
+        settings.occlusion,
         settings.logging,
         *settings.destinations,
     )

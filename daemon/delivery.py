@@ -56,7 +56,7 @@ def attempt(
     delivery.attempts += 1
     try:
         c_store(
-            delivery.report.content,
+            delivery.content,
             delivery.ae_title,
             delivery.host,
             delivery.port,
@@ -68,8 +68,8 @@ def attempt(
         if delivery.attempts > len(delays):
             delivery.state = DeliveryState.FAILED
             logger.error(
-                "Report %d could not be delivered to %s after %d attempts: %s",
-                delivery.report_fk,
+                "%s could not be delivered to %s after %d attempts: %s",
+                delivery.object_name,
                 delivery.ae_title,
                 delivery.attempts,
                 exc,
@@ -78,8 +78,8 @@ def attempt(
             delay = delays[delivery.attempts - 1]
             delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
             logger.warning(
-                "Report %d to %s failed (attempt %d), retrying in %.0f s: %s",
-                delivery.report_fk,
+                "%s to %s failed (attempt %d), retrying in %.0f s: %s",
+                delivery.object_name,
                 delivery.ae_title,
                 delivery.attempts,
                 delay,
@@ -89,5 +89,5 @@ def attempt(
     delivery.state = DeliveryState.DELIVERED
     delivery.delivered_at = utcnow()
     delivery.last_error = ""
-    logger.info("Report %d delivered to %s", delivery.report_fk, delivery.ae_title)
+    logger.info("%s delivered to %s", delivery.object_name, delivery.ae_title)
     return True

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audit import AssociationAudit
 from daemon.config import Settings
 from daemon.errors import StorageError, TriageError
+from daemon.explain import Explainer
 from daemon.health import LastError, write_status
 from daemon.inference import Classifier
 from daemon.pipeline import TriagePipeline
@@ -154,6 +155,9 @@ def serve(settings: Settings) -> ExitCode:
         sessions, classifiers, work, stop, oct_all_frames=settings.study.oct_frames == "all"
     )
     reporter = Reporter(settings, sessions, stop)
+    explainer = (
+        Explainer(settings, sessions, classifiers, stop) if settings.occlusion.enabled else None
+    )
 
     shutdown_requested = threading.Event()
 
@@ -191,6 +195,8 @@ def serve(settings: Settings) -> ExitCode:
         return ExitCode.FAILURE
     pipeline.start()
     reporter.start()
+    if explainer is not None:
+        explainer.start()
     host, port = server.server_address[:2]
     logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
     notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
@@ -201,7 +207,11 @@ def serve(settings: Settings) -> ExitCode:
     snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True)
     write_status(settings.state_dir, snapshot)
     while not shutdown_requested.wait(tick):
-        alive = pipeline.is_alive() and reporter.is_alive()
+        alive = (
+            pipeline.is_alive()
+            and reporter.is_alive()
+            and (explainer is None or explainer.is_alive())
+        )
         snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
         write_status(settings.state_dir, snapshot)
         if not alive:
@@ -222,6 +232,9 @@ def serve(settings: Settings) -> ExitCode:
     stop.set()
     for thread in (pipeline, reporter):
         thread.join(timeout=DRAIN_SECONDS / 2)
+    if explainer is not None:
+        # An unfinished map is simply computed again after the restart.
+        explainer.join(timeout=DRAIN_SECONDS / 4)
     engine.dispose()
     logger.info("Stopped")
     return exit_code

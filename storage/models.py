@@ -197,10 +197,19 @@ class Report(Base):
 
 class Delivery(Base):
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("report_fk", "ae_title", "host", "port"),)
+    __table_args__ = (
+        UniqueConstraint("report_fk", "ae_title", "host", "port"),
+        UniqueConstraint("occlusion_fk", "ae_title", "host", "port"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    report_fk: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    # Exactly one of these: the object delivered is a report or an occlusion map.
+    report_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("reports.id"), index=True, nullable=True
+    )
+    occlusion_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("occlusion_maps.id"), index=True, nullable=True
+    )
     ae_title: Mapped[str] = mapped_column(String(16))
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
@@ -212,7 +221,21 @@ class Delivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
-    report: Mapped[Report] = relationship(back_populates="deliveries")
+    report: Mapped[Report | None] = relationship(back_populates="deliveries")
+    occlusion: Mapped[OcclusionMapRecord | None] = relationship(back_populates="deliveries")
+
+    @property
+    def content(self) -> bytes:
+        source = self.report if self.report is not None else self.occlusion
+        if source is None:
+            raise ValueError(f"Delivery {self.id} has nothing to deliver.")
+        return source.content
+
+    @property
+    def object_name(self) -> str:
+        return (
+            f"report {self.report_fk}" if self.report_fk else f"occlusion map {self.occlusion_fk}"
+        )
 
 
 class AuditEvent(Base):
@@ -230,3 +253,26 @@ class AuditEvent(Base):
     instances_refused: Mapped[int] = mapped_column(Integer, default=0)
     queries: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class OcclusionMapRecord(Base):
+    """An occlusion heat map of one triaged image, kept as its SC bytes."""
+
+    __tablename__ = "occlusion_maps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"), unique=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(32))
+    box_size: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    stride: Mapped[int] = mapped_column(Integer)
+    forward_passes: Mapped[int] = mapped_column(Integer)
+    compute_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="occlusion")

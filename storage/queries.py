@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 from sqlalchemy import exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from dicom_io.codes import Referral
 from storage.models import (
@@ -21,6 +21,7 @@ from storage.models import (
     Instance,
     InstanceResult,
     InstanceState,
+    OcclusionMapRecord,
     Patient,
     Report,
     Series,
@@ -53,6 +54,12 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
         setattr(instance, name, value)
     if instance.result is not None:
         session.delete(instance.result)
+    for record in session.scalars(
+        select(OcclusionMapRecord).where(OcclusionMapRecord.instance_fk == instance.id)
+    ):
+        for delivery in record.deliveries:
+            session.delete(delivery)
+        session.delete(record)
     instance.state = InstanceState.RECEIVED
     instance.error = ""
     instance.received_at = utcnow()
@@ -307,14 +314,58 @@ def add_report(
 
 
 def due_deliveries(session: Session, limit: int = 20) -> list[Delivery]:
+    """Pending deliveries whose time has come; an occlusion map waits for its SR.
+
+    The SR goes first: a map's delivery is due only once a report of the
+    same study has been delivered to the same destination.
+    """
+    sr_delivery = aliased(Delivery)
+    sr_first = exists().where(
+        OcclusionMapRecord.id == Delivery.occlusion_fk,
+        Report.study_fk == OcclusionMapRecord.study_fk,
+        sr_delivery.report_fk == Report.id,
+        sr_delivery.ae_title == Delivery.ae_title,
+        sr_delivery.host == Delivery.host,
+        sr_delivery.port == Delivery.port,
+        sr_delivery.state == DeliveryState.DELIVERED,
+    )
     return list(
         session.scalars(
             select(Delivery)
             .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= utcnow())
+            .where(Delivery.occlusion_fk.is_(None) | sr_first)
             .order_by(Delivery.next_attempt_at)
             .limit(limit)
         )
     )
+
+
+def instances_needing_maps(session: Session, referrals: Sequence[str], limit: int) -> list[int]:
+    """Triaged images the policy covers, in reported studies, without a map yet."""
+    has_map = exists().where(OcclusionMapRecord.instance_fk == Instance.id)
+    return list(
+        session.scalars(
+            select(Instance.id)
+            .join(InstanceResult, InstanceResult.instance_fk == Instance.id)
+            .join(Study, Study.id == Instance.study_fk)
+            .where(
+                Instance.state == InstanceState.TRIAGED,
+                Instance.path != "",
+                InstanceResult.referral.in_(list(referrals)),
+                Study.state == StudyState.REPORTED,
+                ~has_map,
+            )
+            .order_by(Instance.id)
+            .limit(limit)
+        )
+    )
+
+
+def add_occlusion_deliveries(
+    session: Session, record: OcclusionMapRecord, destinations: Sequence[tuple[str, str, int]]
+) -> None:
+    for ae_title, host, port in destinations:
+        session.add(Delivery(occlusion=record, ae_title=ae_title, host=host, port=port))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +432,7 @@ def urgent_worklist(session: Session) -> list[WorklistEntry]:
 @dataclasses.dataclass(frozen=True)
 class OutboxRow:
     delivery_id: int
-    report_id: int
+    object: str
     study_instance_uid: str
     destination: str
     state: str
@@ -392,9 +443,13 @@ class OutboxRow:
 
 def outbox(session: Session, state: DeliveryState | None = None) -> list[OutboxRow]:
     query = (
-        select(Delivery, Report, Study)
-        .join(Report, Delivery.report_fk == Report.id)
-        .join(Study, Report.study_fk == Study.id)
+        select(Delivery, Study)
+        .outerjoin(Report, Delivery.report_fk == Report.id)
+        .outerjoin(OcclusionMapRecord, Delivery.occlusion_fk == OcclusionMapRecord.id)
+        .join(
+            Study,
+            (Study.id == Report.study_fk) | (Study.id == OcclusionMapRecord.study_fk),
+        )
         .order_by(Delivery.id)
     )
     if state is not None:
@@ -402,7 +457,7 @@ def outbox(session: Session, state: DeliveryState | None = None) -> list[OutboxR
     return [
         OutboxRow(
             delivery_id=delivery.id,
-            report_id=report.id,
+            object=delivery.object_name,
             study_instance_uid=study.study_instance_uid,
             destination=f"{delivery.ae_title}@{delivery.host}:{delivery.port}",
             state=delivery.state.value,
@@ -410,7 +465,7 @@ def outbox(session: Session, state: DeliveryState | None = None) -> list[OutboxR
             next_attempt_at=delivery.next_attempt_at,
             last_error=delivery.last_error,
         )
-        for delivery, report, study in session.execute(query).all()
+        for delivery, study in session.execute(query).all()
     ]
 
 
@@ -483,6 +538,12 @@ def purge_studies(
             session.delete(report)
         if study.result is not None:
             session.delete(study.result)
+        for record in session.scalars(
+            select(OcclusionMapRecord).where(OcclusionMapRecord.study_fk == study.id)
+        ):
+            for delivery in record.deliveries:
+                session.delete(delivery)
+            session.delete(record)
         session.flush()
         for instance in instances:
             if instance.result is not None:

@@ -60,6 +60,7 @@ def test_scanner_to_pacs_and_worklist(
     daemon.env["TRIAGE_DESTINATIONS"] = json.dumps(
         [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]
     )
+    daemon.env["TRIAGE_OCCLUSION_SEND"] = "true"
     daemon.start()
     try:
         files = [Path(p) for p in studies]
@@ -206,6 +207,31 @@ def test_scanner_to_pacs_and_worklist(
         assert all(row["report_sent"] for row in listed)
         table = daemon.triage("worklist", "--urgent").stdout
         assert f"{len(urgent)} urgent referral(s)" in table
+
+        # Occlusion maps: a Secondary Capture per urgent image, in SQL and in Orthanc.
+        deadline = time.monotonic() + SR_TIMEOUT_SECONDS
+        captures: dict[str, object] = {}
+        while time.monotonic() < deadline and not urgent <= set(captures):
+            time.sleep(0.5)
+            found_sc = orthanc.post(
+                "/tools/find", {"Level": "Instance", "Query": {"Modality": "OT"}, "Expand": True}
+            )
+            for item in found_sc:
+                sc = dcmread(BytesIO(orthanc.instance_file(item["ID"])))
+                captures[sc.StudyInstanceUID] = sc
+        assert urgent <= set(captures), daemon.log
+        by_study_truth = {t["study_instance_uid"]: t for t in studies.values()}
+        for study_uid in urgent:
+            sc = captures[study_uid]
+            assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+            reference = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
+            assert reference == by_study_truth[study_uid]["sop_instance_uid"]
+        maps = database.execute(
+            "select s.study_instance_uid, m.box_size, m.mode, m.forward_passes, m.compute_ms "
+            "from occlusion_maps m join studies s on s.id = m.study_fk"
+        ).fetchall()
+        assert urgent <= {row[0] for row in maps}
+        assert all(row[1] == 20 and row[2] == "fast" and row[3] > 1 and row[4] > 0 for row in maps)
     finally:
         exit_code = daemon.stop()
     assert exit_code == 0, daemon.log

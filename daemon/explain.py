@@ -1,0 +1,189 @@
+"""Explain: occlusion heat maps of triaged images, after their SR.
+
+A poller finds triaged images whose result the policy covers and whose
+study is already reported (so the SR always goes first), and hands their ids
+to a bounded queue; worker threads compute the map (``daemon.occlusion``),
+wrap it as a Secondary Capture (``dicom_io.sc``), store it in SQL and, when
+``[occlusion] send`` is on, queue its delivery behind the study's SR. None of
+this runs on an association thread or in the report path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Mapping
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon import __version__
+from daemon.config import Settings
+from daemon.inference import Classifier
+from daemon.occlusion import OcclusionMap, occlusion_map, to_source_geometry
+from dicom_io.codes import TriageModality
+from dicom_io.pixels import decode_all_frames, decode_instance
+from dicom_io.sc import build_heatmap_sc, render_overlay
+from storage import queries
+from storage.models import Instance, OcclusionMapRecord
+
+logger = logging.getLogger(__name__)
+
+
+def render_sc(
+    path: Path, classifier: Classifier, label: str, frame_number: int | None, settings: Settings
+) -> tuple[bytes, str, OcclusionMap]:
+    """Compute the map of one image; return (SC bytes, SOP Instance UID, map)."""
+    if frame_number is not None and frame_number != decode_instance(path).frame_number:
+        decoded = decode_all_frames(path)[frame_number - 1]
+    else:
+        decoded = decode_instance(path)
+    occlusion = settings.occlusion
+    result = occlusion_map(
+        classifier.predict,
+        classifier.prepare(decoded.image),
+        box=occlusion.box,
+        mode=occlusion.mode,
+        stride=occlusion.stride,
+        class_index=list(classifier.manifest.labels).index(label),
+    )
+    rows, cols = decoded.image.shape
+    values = to_source_geometry(result.values, rows, cols)
+    overlay = render_overlay(decoded.image, values, "0", f"{float(values.max()):.2f}")
+    source = dcmread(path, stop_before_pixels=True)
+    image = build_heatmap_sc(
+        source,
+        overlay,
+        frame_number=decoded.frame_number,
+        description=(
+            f"Occlusion map of {label}: drop in its probability when a {result.box}-pixel box "
+            f"hides each region ({result.mode}, {result.forward_passes} passes); model "
+            f"{classifier.manifest.name} {classifier.manifest.version}"
+        ),
+        software_version=f"dicom-triage {__version__}",
+    )
+    buffer = BytesIO()
+    image.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), str(image.SOPInstanceUID), result
+
+
+class Explainer:
+    """The poller and its worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        classifiers: Mapping[TriageModality, Classifier],
+        stop: threading.Event,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.classifiers = classifiers
+        self.stop = stop
+        self.poll_seconds = poll_seconds
+        self.work: queue.Queue[int] = queue.Queue(maxsize=settings.occlusion.queue_size)
+        self.in_flight: set[int] = set()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._poll, name="occlusion-poller", daemon=True)]
+        self.threads += [
+            threading.Thread(target=self._work, name=f"occlusion-{n}", daemon=True)
+            for n in range(settings.occlusion.workers)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return all(thread.is_alive() for thread in self.threads)
+
+    def join(self, timeout: float) -> None:
+        for thread in self.threads:
+            thread.join(timeout=timeout)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.poll_seconds):
+            try:
+                with self.sessions() as session:
+                    candidates = queries.instances_needing_maps(
+                        session, self.settings.occlusion.referrals, self.work.maxsize
+                    )
+                for instance_id in candidates:
+                    with self._lock:
+                        if instance_id in self.in_flight:
+                            continue
+                        self.in_flight.add(instance_id)
+                    try:
+                        self.work.put(instance_id, timeout=self.poll_seconds)
+                    except queue.Full:
+                        with self._lock:
+                            self.in_flight.discard(instance_id)
+                        break
+            except Exception:
+                logger.exception("Occlusion poller failed; retrying")
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                instance_id = self.work.get(timeout=self.poll_seconds)
+            except queue.Empty:
+                continue
+            try:
+                self.explain(instance_id)
+            except Exception:
+                logger.exception("Occlusion map of instance %d failed", instance_id)
+            finally:
+                with self._lock:
+                    self.in_flight.discard(instance_id)
+
+    def explain(self, instance_id: int) -> None:
+        with self.sessions() as session:
+            instance = session.get(Instance, instance_id)
+            if instance is None or instance.result is None or not instance.path:
+                return
+            result = instance.result
+            path, label, frame = Path(instance.path), result.label, result.frame_number
+            study_fk, modality = instance.study_fk, TriageModality(result.modality)
+        classifier = self.classifiers[modality]
+        content, sop_instance_uid, occlusion = render_sc(
+            path, classifier, label, frame, self.settings
+        )
+        try:
+            with self.sessions() as session, session.begin():
+                record = OcclusionMapRecord(
+                    instance_fk=instance_id,
+                    study_fk=study_fk,
+                    sop_instance_uid=sop_instance_uid,
+                    content=content,
+                    model_name=classifier.manifest.name,
+                    model_version=classifier.manifest.version,
+                    label=label,
+                    box_size=occlusion.box,
+                    mode=occlusion.mode,
+                    stride=occlusion.stride,
+                    forward_passes=occlusion.forward_passes,
+                    compute_ms=occlusion.seconds * 1000,
+                )
+                session.add(record)
+                session.flush()
+                if self.settings.occlusion.send:
+                    queries.add_occlusion_deliveries(
+                        session,
+                        record,
+                        [(d.ae_title, d.host, d.port) for d in self.settings.destinations],
+                    )
+        except IntegrityError:
+            return  # another node made this map first
+        logger.info(
+            "Occlusion map of instance %d (%s): %d passes in %.1f s",
+            instance_id,
+            label,
+            occlusion.forward_passes,
+            occlusion.seconds,
+        )
