@@ -195,6 +195,7 @@ class OcclusionSettings:
     box: int = 20
     mode: str = "fast"  # "fast", or "grid" at `stride`
     stride: int = 1
+    fill: str = "mean"  # what the box holds: the image "mean" or "zero"
     referrals: tuple[str, ...] = ("urgent", "routine", "supportive care")
     workers: int = 1
     queue_size: int = 16
@@ -202,6 +203,8 @@ class OcclusionSettings:
     def validate(self) -> None:
         if self.mode not in ("fast", "grid"):
             raise ConfigError('Key "occlusion.mode" must be "fast" or "grid".')
+        if self.fill not in ("mean", "zero"):
+            raise ConfigError('Key "occlusion.fill" must be "mean" or "zero".')
         if self.box < 1 or self.stride < 1 or self.workers < 1 or self.queue_size < 1:
             raise ConfigError(
                 'Keys "occlusion.box", "stride", "workers" and "queue_size" must be positive.'

@@ -49,6 +49,7 @@ def render_sc(
         box=occlusion.box,
         mode=occlusion.mode,
         stride=occlusion.stride,
+        fill=occlusion.fill,
         class_index=list(classifier.manifest.labels).index(label),
     )
     rows, cols = decoded.image.shape

@@ -127,6 +127,7 @@ def occlusion_map(
     mode: str = "fast",
     stride: int = 1,
     class_index: int | None = None,
+    fill: str = "mean",
 ) -> OcclusionMap:
     """Occlusion map of one prepared model input (height, width, channels).
 
@@ -140,6 +141,8 @@ def occlusion_map(
         "grid" (exact at ``stride``) or "fast".
     class_index
         The class whose drop is mapped; by default the predicted one.
+    fill
+        What the box holds: "mean" (the image's mean, the default) or "zero".
     """
     if image.ndim != 3:
         raise ValueError('Argument "image" must be (height, width, channels).')
@@ -150,15 +153,19 @@ def occlusion_map(
         raise ValueError('Argument "stride" must be a positive integer.')
     if mode not in ("grid", "fast"):
         raise ValueError('Argument "mode" must be "grid" or "fast".')
+    if fill not in ("mean", "zero"):
+        raise ValueError('Argument "fill" must be "mean" or "zero".')
     started = time.perf_counter()
     probabilities = predict(image[None])[0]
     target = int(np.argmax(probabilities)) if class_index is None else class_index
     base = float(probabilities[target])
-    fill = image.reshape(-1, image.shape[2]).mean(axis=0)
+    fill_value = image.reshape(-1, image.shape[2]).mean(axis=0)
+    if fill == "zero":
+        fill_value = np.zeros_like(fill_value)
 
     step = stride if mode == "grid" else max(1, box // 4)
     ys, xs = grid_positions(height, box, step), grid_positions(width, box, step)
-    drops = _drops(predict, image, [(y, x) for y in ys for x in xs], box, fill, target, base)
+    drops = _drops(predict, image, [(y, x) for y in ys for x in xs], box, fill_value, target, base)
     passes = len(drops)
     if mode == "fast" and step > 1:
         # Estimate every stride-1 origin from the coarse grid, then measure
@@ -175,7 +182,7 @@ def occlusion_map(
                     refine.append(origin)
                 if len(refine) >= budget:
                     break
-            drops.update(_drops(predict, image, refine, box, fill, target, base))
+            drops.update(_drops(predict, image, refine, box, fill_value, target, base))
             passes = len(drops)
         full = {
             (y, x): float(estimate[y, x])
