@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _configure_logging(settings.logging.level)
-    return int(serve(settings))
+    return int(serve(settings, Path(args.config) if args.config else None))
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit import AssociationAudit
-from daemon.config import Settings
+from daemon.config import Settings, load_settings
 from daemon.errors import StorageError, TriageError
 from daemon.explain import Explainer
 from daemon.health import LastError, write_status
@@ -129,7 +130,32 @@ def _snapshot(
     }
 
 
-def serve(settings: Settings) -> ExitCode:
+def reload(
+    config_path: Path | None,
+    current: Settings,
+    classifiers: dict[TriageModality, Classifier],
+) -> tuple[Settings, dict[TriageModality, Classifier]]:
+    """Re-read the configuration and the model packages (SIGHUP).
+
+    Anything that fails to load is rejected and what is running is kept, so
+    a broken package never replaces a working one.
+    """
+    try:
+        settings = load_settings(config_path)
+        fresh = load_classifiers(settings)
+    except TriageError as exc:
+        logger.error("Reload rejected, keeping the running configuration and models: %s", exc)
+        return current, classifiers
+    if settings.dicom != current.dicom or settings.storage != current.storage:
+        logger.warning("Changes to [dicom] and [storage] take effect at the next restart")
+    logger.info(
+        "Reloaded: %s",
+        ", ".join(f"{m.value} {c.manifest.name} {c.manifest.version}" for m, c in fresh.items()),
+    )
+    return settings, fresh
+
+
+def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     """Run until signalled; return the process exit code."""
     logger.info("Starting dicom-triage: %s", settings.describe())
     try:
@@ -160,6 +186,7 @@ def serve(settings: Settings) -> ExitCode:
     )
 
     shutdown_requested = threading.Event()
+    reload_requested = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if shutdown_requested.is_set():
@@ -168,6 +195,7 @@ def serve(settings: Settings) -> ExitCode:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
 
     ae = make_acceptor(settings.dicom)
     audit = AssociationAudit(sessions)
@@ -207,6 +235,15 @@ def serve(settings: Settings) -> ExitCode:
     snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True)
     write_status(settings.state_dir, snapshot)
     while not shutdown_requested.wait(tick):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            notify("RELOADING=1")
+            settings, classifiers = reload(config_path, settings, classifiers)
+            pipeline.classifiers = classifiers
+            reporter.settings = settings
+            if explainer is not None:
+                explainer.classifiers, explainer.settings = classifiers, settings
+            notify("READY=1")
         alive = (
             pipeline.is_alive()
             and reporter.is_alive()
@@ -228,7 +265,14 @@ def serve(settings: Settings) -> ExitCode:
 
     logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
     notify("STOPPING=1")
+    # Stop accepting; let open associations finish, within the drain time.
     server.shutdown()
+    deadline = time.monotonic() + DRAIN_SECONDS / 2
+    while ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for association in ae.active_associations:
+        logger.warning("Aborting an association still open after the drain time")
+        association.abort()
     stop.set()
     for thread in (pipeline, reporter):
         thread.join(timeout=DRAIN_SECONDS / 2)

@@ -100,6 +100,7 @@ class TriageDaemon:
             "TRIAGE_DELIVERY_RETRY_SCHEDULE": "30x1s",
             **env,
         }
+        self.config_args: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
@@ -119,9 +120,9 @@ class TriageDaemon:
         )
 
     def start(self, timeout: float = 90) -> None:
-        self.triage("db", "upgrade")
+        self.triage("db", "upgrade", *self.config_args)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve"],
+            [sys.executable, "-m", "daemon.cli", "serve", *self.config_args],
             env=self.env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
