@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev system-deps lint clean
+.PHONY: demo test install install-dev install-service uninstall-service system-deps lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,13 @@ lint: install-dev
 test: system-deps install-dev lint
 	bash tests/run_in_netns.sh $(BIN)/pytest
 	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
+
+# As root: the service under /opt/dicom-triage, /etc/dicom-triage and systemd.
+install-service:
+	bash systemd/install.sh
+
+uninstall-service:
+	bash systemd/install.sh uninstall
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

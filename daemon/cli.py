@@ -18,12 +18,30 @@ from daemon.errors import TriageError
 logger = logging.getLogger("triage")
 
 
-def _configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
+        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
     )
     # pynetdicom logs every PDU at INFO, including patient attributes of
     # C-FIND identifiers; keep it to warnings unless debugging.
@@ -41,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from daemon.lifecycle import serve
 
     settings = _settings(args)
-    _configure_logging(settings.logging.level)
+    _configure_logging(settings.logging.level, settings.logging.format)
     return int(serve(settings, Path(args.config) if args.config else None))
 
 

@@ -227,8 +227,11 @@ class RetentionSettings:
 @dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
+    format: str = "text"  # "text", or "json": one object per line
 
     def validate(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ConfigError('Key "logging.format" must be "text" or "json".')
         if self.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError('Key "logging.level" must be DEBUG, INFO, WARNING or ERROR.')
 

@@ -100,3 +100,36 @@ def test_status_reports_health(tmp_path: Path, model_dirs: dict[str, Path]) -> N
         assert daemon.stop() == 0, daemon.log
     stopped = daemon.triage("status", check=False)
     assert stopped.returncode == 1
+
+
+def test_install_script_into_a_staging_root(tmp_path: Path) -> None:
+    script = UNIT.parent / "install.sh"
+    env = {**os.environ, "DESTDIR": str(tmp_path), "SKIP_VENV": "1"}
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=60)
+    for path in (
+        "etc/dicom-triage/triage.toml",
+        "etc/systemd/system/dicom-triage.service",
+        "usr/lib/sysusers.d/dicom-triage.conf",
+        "var/lib/dicom-triage/models",
+        "opt/dicom-triage/README.md",
+    ):
+        assert (tmp_path / path).exists(), path
+    config = tmp_path / "etc/dicom-triage/triage.toml"
+    config.write_text(config.read_text() + "\n# site edit\n")
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=60)
+    assert "# site edit" in config.read_text()  # an upgrade never overwrites the config
+    subprocess.run(
+        ["bash", str(script), "uninstall"], env=env, check=True, capture_output=True, timeout=60
+    )
+    assert not (tmp_path / "etc/systemd/system/dicom-triage.service").exists()
+    assert not (tmp_path / "opt/dicom-triage").exists()
+    assert config.exists() and (tmp_path / "var/lib/dicom-triage").exists()
+
+
+def test_json_logs(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_LOGGING_FORMAT="json")
+    daemon.start()
+    assert daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.lines if line.startswith("{")]
+    assert any(r["message"].startswith("Ready: listening") for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
