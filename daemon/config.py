@@ -225,6 +225,16 @@ class RetentionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    # Prometheus endpoint on 127.0.0.1; 0 disables it.
+    port: int = 0
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError('Key "metrics.port" must be in 0..65535.')
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "text"  # "text", or "json": one object per line
@@ -245,6 +255,7 @@ class Settings:
     delivery: DeliverySettings = DeliverySettings()
     occlusion: OcclusionSettings = OcclusionSettings()
     retention: RetentionSettings = RetentionSettings()
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     destinations: tuple[Destination, ...] = ()
 
@@ -275,6 +286,7 @@ _SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "occlusion": OcclusionSettings,
     "retention": RetentionSettings,
+    "metrics": MetricsSettings,
     "logging": LoggingSettings,
 }
 
@@ -322,6 +334,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         delivery=sections["delivery"],
         occlusion=sections["occlusion"],
         retention=sections["retention"],
+        metrics=sections["metrics"],
         logging=sections["logging"],
         destinations=destinations,
     )
@@ -332,6 +345,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         settings.study,
         settings.delivery,
         settings.occlusion,
+        settings.metrics,
         settings.logging,
         *settings.destinations,
     )

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy.orm import Session
 
+from daemon import metrics
 from daemon.config import DeliverySettings
 from daemon.errors import DeliveryError
 from daemon.scp import set_nodelay
@@ -49,6 +50,10 @@ def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_titl
         raise DeliveryError(f"{ae_title}@{host}:{port} answered status 0x{code:04X}.")
 
 
+def _kind(delivery: Delivery) -> str:
+    return "report" if delivery.report_fk else "occlusion_map"
+
+
 def attempt(
     session: Session, delivery: Delivery, settings: DeliverySettings, calling_ae_title: str
 ) -> bool:
@@ -63,6 +68,7 @@ def attempt(
             calling_ae_title,
         )
     except Exception as exc:
+        metrics.OBJECTS_FAILED.labels(_kind(delivery)).inc()
         delivery.last_error = str(exc)[:2000]
         delays = settings.delays
         if delivery.attempts > len(delays):
@@ -86,6 +92,7 @@ def attempt(
                 exc,
             )
         return False
+    metrics.OBJECTS_SENT.labels(_kind(delivery)).inc()
     delivery.state = DeliveryState.DELIVERED
     delivery.delivered_at = utcnow()
     delivery.last_error = ""

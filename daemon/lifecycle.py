@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import Settings, load_settings
 from daemon.errors import StorageError, TriageError
@@ -221,6 +222,11 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     if server is None:
         logger.error("The DICOM server did not start")
         return ExitCode.FAILURE
+    try:
+        metrics.serve_metrics(settings.metrics.port)
+    except OSError as exc:
+        logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
+        return ExitCode.FAILURE
     pipeline.start()
     reporter.start()
     if explainer is not None:
@@ -251,6 +257,9 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         )
         snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
         write_status(settings.state_dir, snapshot)
+        metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
+        metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
+        metrics.DEAD_LETTERS.set(snapshot["dead_letters"])
         if not alive:
             logger.error("A worker thread died; stopping so that systemd restarts the service")
             exit_code = ExitCode.FAILURE

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon import metrics
 from daemon.errors import InferenceError
 from daemon.inference import Classifier
 from daemon.routing import route
@@ -118,12 +119,14 @@ class TriagePipeline(threading.Thread):
             return
         try:
             all_frames = self.oct_all_frames and target == TriageModality.OCT
-            result = classify_file(Path(instance.path), classifier, all_frames)
+            with metrics.INFERENCE_SECONDS.time():
+                result = classify_file(Path(instance.path), classifier, all_frames)
         except InferenceError as exc:
             queries.mark_instance(session, instance, InstanceState.FAILED, str(exc))
             logger.warning("Instance %d could not be triaged: %s", instance.id, exc)
             return
         queries.record_result(session, instance, result)
+        metrics.INSTANCES_TRIAGED.labels(result.modality).inc()
         logger.info(
             "Instance %d triaged: %s (%s, p=%.3f) by %s %s on %s in %.1f ms",
             instance.id,

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
 from daemon.errors import IngestError
@@ -78,6 +79,7 @@ class IngestContext:
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
     status = _store(event, context)
+    metrics.INSTANCES_RECEIVED.labels("success" if status == Status.SUCCESS else "refused").inc()
     if context.audit is not None:
         context.audit.store_answered(event.assoc, status)
     return status
@@ -102,6 +104,7 @@ def _store(event: Any, context: IngestContext) -> int:
         )
     except IngestError as exc:
         path = context.spool.quarantine(content, exc.reason, calling)
+        metrics.INSTANCES_QUARANTINED.inc()
         logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, path.name)
         return exc.status
 

@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.peers import TriageDaemon
+from dicom_io.phantom_files import write_dicom_studies
+from tests.peers import TriageDaemon, free_port
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dicom-triage.service"
 
@@ -80,10 +82,23 @@ def test_ready_once_and_watchdog_pings(tmp_path: Path, model_dirs: dict[str, Pat
     assert os.path.exists(address)
 
 
-def test_status_reports_health(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
-    daemon = TriageDaemon(tmp_path / "state", model_dirs)
+@pytest.mark.network
+def test_status_and_metrics(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    metrics_port = free_port()
+    daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_METRICS_PORT=str(metrics_port))
     daemon.start()
     try:
+        files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=141).rglob("*.dcm"))
+        assert daemon.storescu(files).returncode == 0
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and "triage_instances_triaged_total{" not in text:
+            time.sleep(0.3)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+                text = page.read().decode()
+        assert f'triage_instances_received_total{{outcome="success"}} {len(files)}.0' in text
+        assert 'triage_instances_triaged_total{modality="cxr"}' in text
+        assert "triage_inference_seconds_bucket" in text
         result = daemon.triage("status", "--json")
         report = json.loads(result.stdout)
         assert report["healthy"] is True, report

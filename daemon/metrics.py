@@ -1,0 +1,34 @@
+"""Prometheus metrics, served on localhost when ``[metrics] port`` is set.
+
+Counters and histograms are process-wide (prometheus_client's default
+registry); label values never hold patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+INSTANCES_RECEIVED = Counter("triage_instances_received", "C-STORE requests answered", ["outcome"])
+INSTANCES_TRIAGED = Counter("triage_instances_triaged", "Images classified", ["modality"])
+INSTANCES_QUARANTINED = Counter("triage_instances_quarantined", "Datasets quarantined")
+INFERENCE_SECONDS = Histogram(
+    "triage_inference_seconds",
+    "Decode and inference time per image",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OBJECTS_SENT = Counter("triage_objects_sent", "Reports and maps delivered", ["kind"])
+OBJECTS_FAILED = Counter("triage_objects_failed", "Delivery attempts that failed", ["kind"])
+QUEUE_DEPTH = Gauge("triage_queue_depth", "Instances waiting in the inference queue")
+OUTBOX_PENDING = Gauge("triage_outbox_pending", "Deliveries waiting")
+DEAD_LETTERS = Gauge("triage_dead_letters", "Deliveries that used up their retries")
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on 127.0.0.1 only (0 disables it)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
