@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
@@ -91,6 +92,7 @@ class Explainer:
         self.work: queue.Queue[int] = queue.Queue(maxsize=settings.occlusion.queue_size)
         self.in_flight: set[int] = set()
         self._lock = threading.Lock()
+        self.heartbeat = time.monotonic()
         self.threads = [threading.Thread(target=self._poll, name="occlusion-poller", daemon=True)]
         self.threads += [
             threading.Thread(target=self._work, name=f"occlusion-{n}", daemon=True)
@@ -110,6 +112,7 @@ class Explainer:
 
     def _poll(self) -> None:
         while not self.stop.wait(self.poll_seconds):
+            self.heartbeat = time.monotonic()
             try:
                 with self.sessions() as session:
                     candidates = queries.instances_needing_maps(

@@ -131,6 +131,33 @@ def _snapshot(
     }
 
 
+# How long a worker may go without finishing a loop before it counts as
+# stuck: longer than any image (pipeline) or any round of deliveries with
+# their DIMSE timeouts (reporter).
+STUCK_SECONDS = {"pipeline": 300.0, "reporter": 900.0, "explainer": 300.0}
+
+
+def workers_healthy(
+    pipeline: TriagePipeline, reporter: Reporter, explainer: Explainer | None
+) -> bool:
+    """Every worker thread runs and has finished a loop recently."""
+    now = time.monotonic()
+    checks: list[tuple[str, TriagePipeline | Reporter | Explainer]] = [
+        ("pipeline", pipeline),
+        ("reporter", reporter),
+    ]
+    if explainer is not None:
+        checks.append(("explainer", explainer))
+    for name, worker in checks:
+        if not worker.is_alive():
+            logger.error("The %s thread has stopped", name)
+            return False
+        if now - worker.heartbeat > STUCK_SECONDS[name]:
+            logger.error("The %s thread is stuck", name)
+            return False
+    return True
+
+
 def reload(
     config_path: Path | None,
     current: Settings,
@@ -250,11 +277,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             if explainer is not None:
                 explainer.classifiers, explainer.settings = classifiers, settings
             notify("READY=1")
-        alive = (
-            pipeline.is_alive()
-            and reporter.is_alive()
-            and (explainer is None or explainer.is_alive())
-        )
+        alive = workers_healthy(pipeline, reporter, explainer)
         snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
         write_status(settings.state_dir, snapshot)
         metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -63,10 +64,13 @@ class TriagePipeline(threading.Thread):
         self.stop = stop
         self.idle_seconds = idle_seconds
         self.oct_all_frames = oct_all_frames
+        # Refreshed every loop; the main loop stops pinging the watchdog if it ages.
+        self.heartbeat = time.monotonic()
 
     def run(self) -> None:
         logger.info("Inference pipeline started")
         while not self.stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 instance_id = self.work.get(timeout=self.idle_seconds)
             except queue.Empty:

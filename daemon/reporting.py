@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -80,10 +81,12 @@ class Reporter(threading.Thread):
         self.sessions = sessions
         self.stop = stop
         self.poll_seconds = poll_seconds
+        self.heartbeat = time.monotonic()
 
     def run(self) -> None:
         logger.info("Reporter started")
         while not self.stop.wait(self.poll_seconds):
+            self.heartbeat = time.monotonic()
             try:
                 self.report_complete_studies()
                 self.deliver_due()

@@ -148,3 +148,21 @@ def test_json_logs(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     records = [json.loads(line) for line in daemon.lines if line.startswith("{")]
     assert any(r["message"].startswith("Ready: listening") for r in records)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_a_stuck_worker_stops_the_watchdog() -> None:
+    import time as clock
+
+    from daemon import lifecycle
+
+    class Worker:
+        def __init__(self, age: float) -> None:
+            self.heartbeat = clock.monotonic() - age
+
+        def is_alive(self) -> bool:
+            return True
+
+    fresh, stale = Worker(1), Worker(10_000)
+    assert lifecycle.workers_healthy(fresh, fresh, None)  # type: ignore[arg-type]
+    assert not lifecycle.workers_healthy(stale, fresh, None)  # type: ignore[arg-type]
+    assert not lifecycle.workers_healthy(fresh, fresh, stale)  # type: ignore[arg-type]
