@@ -38,7 +38,7 @@ class AssociationAudit:
 
     def store_answered(self, assoc: Any, status: int) -> None:
         counts = self._counts(assoc)
-        if status == Status.SUCCESS:
+        if status in (Status.SUCCESS, Status.COERCION_OF_DATA_ELEMENTS):
             counts.stored += 1
         else:
             counts.refused += 1

@@ -38,7 +38,7 @@ from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Spool
 from daemon.status import Status
-from daemon.validate import parse_header
+from daemon.validate import coercion_warnings, parse_header
 from storage import queries
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ class IngestContext:
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
     status = _store(event, context)
-    metrics.INSTANCES_RECEIVED.labels("success" if status == Status.SUCCESS else "refused").inc()
+    stored = status in (Status.SUCCESS, Status.COERCION_OF_DATA_ELEMENTS)
+    metrics.INSTANCES_RECEIVED.labels("success" if stored else "refused").inc()
     if context.audit is not None:
         context.audit.store_answered(event.assoc, status)
     return status
@@ -153,6 +154,10 @@ def _store(event: Any, context: IngestContext) -> int:
     # and the pipeline's sweep finds it.
     with contextlib.suppress(queue.Full):
         context.work.put_nowait(instance_id)
+    if warnings := coercion_warnings(header):
+        context.spool.quarantine(content, "; ".join(warnings), calling)
+        logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
+        return Status.COERCION_OF_DATA_ELEMENTS
     return Status.SUCCESS
 
 

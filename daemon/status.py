@@ -12,6 +12,8 @@ class Status(IntEnum):
     CANCEL = 0xFE00
     # PS3.7 C.4: general processing failure
     PROCESSING_FAILURE = 0x0110
+    # PS3.4 B.2.3: Warning, coercion of data elements
+    COERCION_OF_DATA_ELEMENTS = 0xB000
     # PS3.4 B.2.3: Refused, out of resources (A7xx)
     OUT_OF_RESOURCES = 0xA700
     # PS3.4 B.2.3: Error, data set does not match SOP class (A9xx)

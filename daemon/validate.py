@@ -97,6 +97,26 @@ def _check_geometry(dataset: Dataset) -> None:
         )
 
 
+PN_COMPONENT_GROUP_MAX = 64  # PS3.5 6.2: Person Name, per component group
+
+
+def coercion_warnings(dataset: Dataset) -> list[str]:
+    """Problems that do not stop an image from being stored, but are reported.
+
+    The instance is kept and triaged (its name is stored truncated), the
+    sender gets 0xB000 (coercion of data elements), and a copy goes to the
+    quarantine with the reason, for the PACS administrator to review.
+    """
+    warnings = []
+    name = str(dataset.get("PatientName", ""))
+    if any(len(group) > PN_COMPONENT_GROUP_MAX for group in name.split("=")):
+        warnings.append(
+            f"Patient's Name has a component group longer than {PN_COMPONENT_GROUP_MAX} "
+            "characters (PS3.5 6.2); stored truncated"
+        )
+    return warnings
+
+
 def parse_header(
     content: bytes,
     affected_sop_instance_uid: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,13 @@ def test_called_and_calling_ae_titles(tmp_path: Path, model_dirs: dict[str, Path
         unknown_calling = _echo(daemon.port, "STRANGER")
         assert "Calling AE Title Not Recognized" in unknown_calling
         assert _echo(daemon.port, "CR2").startswith("rc=0")
-        audit = daemon.database().execute(
-            "select event, calling_ae_title from audit_events order by id"
-        )
+        deadline = time.monotonic() + 10
+        audit: list = []
+        while time.monotonic() < deadline and ("released", "CR2") not in audit:
+            time.sleep(0.1)  # the row is written when the daemon sees the release
+            audit = daemon.database().execute(
+                "select event, calling_ae_title from audit_events order by id"
+            )
         assert ("released", "OCT1") in audit
         assert ("rejected", "STRANGER") in audit
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -58,14 +59,19 @@ def test_bad_input_is_refused_and_the_daemon_keeps_serving(
         assert duplicate.returncode == 0, duplicate.stderr
         stored = list((tmp_path / "state" / "spool" / "instances").rglob("*.dcm"))
         assert len(stored) == 1
-        counts = (
-            daemon.database()
-            .execute(
-                "select sum(instances_stored), sum(instances_refused) from audit_events "
-                "where calling_ae_title = 'SCANNER'"
+        # The audit row is written when the daemon sees the release: poll for it.
+        deadline = time.monotonic() + 10
+        counts = None
+        while time.monotonic() < deadline and counts != (2, 1):
+            time.sleep(0.1)
+            counts = (
+                daemon.database()
+                .execute(
+                    "select sum(instances_stored), sum(instances_refused) from audit_events "
+                    "where calling_ae_title = 'SCANNER'"
+                )
+                .fetchone()
             )
-            .fetchone()
-        )
         assert counts == (2, 1)  # the good copy and its duplicate; the one without pixels
     finally:
         assert daemon.stop() == 0, daemon.log

@@ -184,8 +184,12 @@ def test_hostile_corpus(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
         long_name = _fresh(good)
         long_name.SpecificCharacterSet = "ISO_IR 192"
         long_name.PatientName = "Ä" * 200 + "^" + "名" * 100
-        accepted = daemon.storescu([_save(long_name, tmp_path / "long-name.dcm")])
-        assert accepted.returncode == 0, accepted.stderr
+        long_path = _save(long_name, tmp_path / "long-name.dcm")
+        before = set(quarantine.glob("*.json"))
+        status = send_raw(long_path, daemon.port, DX_STORAGE, "1.2.840.10008.1.2.1")
+        assert status == 0xB000  # stored, with a warning: coercion of data elements
+        (note,) = set(quarantine.glob("*.json")) - before
+        assert "Patient's Name" in json.loads(note.read_text())["reason"]
         stored = daemon.database().execute("select patient_name from patients").fetchall()
         assert len(stored) == 1 and len(stored[0][0]) <= 324
 
