@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from daemon import __version__
 from daemon.config import Settings, load_settings
@@ -33,8 +34,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _configure_logging(level: str, log_format: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def _configure_logging(level: str, log_format: str = "text", stream: TextIO = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter()
         if log_format == "json"
@@ -59,7 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from daemon.lifecycle import serve
 
     settings = _settings(args)
-    _configure_logging(settings.logging.level, settings.logging.format)
+    # The daemon logs to stdout for journald; the other commands keep stdout
+    # for their results and log to stderr.
+    _configure_logging(settings.logging.level, settings.logging.format, sys.stdout)
     return int(serve(settings, Path(args.config) if args.config else None))
 
 

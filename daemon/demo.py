@@ -115,12 +115,17 @@ def run_demo(
         [{"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}]
     )
     daemon = subprocess.Popen(
-        [*triage, "serve", *configured], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
+        [*triage, "serve", *configured],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     lines: queue.Queue[str] = queue.Queue()
 
     def relay() -> None:
-        for line in daemon.stderr or ():
+        for line in daemon.stdout or ():
             print(f"  [daemon] {line.rstrip()}")
             lines.put(line)
 

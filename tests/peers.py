@@ -124,8 +124,8 @@ class TriageDaemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve", *self.config_args],
             env=self.env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -142,8 +142,8 @@ class TriageDaemon:
         raise RuntimeError("triage serve did not become ready:\n" + self.log)
 
     def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for line in self.process.stderr:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
             self.lines.append(line)
             self._queue.put(line)
 

@@ -83,7 +83,7 @@ def test_refuses_to_start_on_an_unmigrated_database(
     daemon = TriageDaemon(tmp_path / "state", model_dirs)
     result = daemon.triage("serve", check=False)
     assert result.returncode == 78
-    assert "triage db upgrade" in result.stderr
+    assert "triage db upgrade" in result.stdout
 
 
 def test_refuses_to_start_with_a_tampered_model(
@@ -98,7 +98,7 @@ def test_refuses_to_start_with_a_tampered_model(
     daemon.triage("db", "upgrade")
     result = daemon.triage("serve", check=False)
     assert result.returncode == 78
-    assert "SHA-256" in result.stderr
+    assert "SHA-256" in result.stdout
 
 
 def test_full_disk_refuses_with_out_of_resources(
