@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.errors import TriageError
@@ -54,6 +56,15 @@ def _configure_logging(level: str, log_format: str = "text", stream: TextIO = sy
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config) if args.config else None)
+
+
+def _migrated_sessions(settings: Settings) -> sessionmaker[Session]:
+    """Sessions on the configured database, which must be at the current schema."""
+    from storage.database import create_database_engine, make_session_factory, require_current
+
+    engine = create_database_engine(settings.storage.database_url)
+    require_current(engine)
+    return make_session_factory(engine)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -136,14 +147,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_worklist(args: argparse.Namespace) -> int:
-    from storage.database import create_database_engine, make_session_factory, require_current
     from storage.queries import urgent_worklist
 
     settings = _settings(args)
     _configure_logging("WARNING")
-    engine = create_database_engine(settings.storage.database_url)
-    require_current(engine)
-    with make_session_factory(engine)() as session:
+    with _migrated_sessions(settings)() as session:
         entries = urgent_worklist(session)
     if args.json:
         rows = [dataclasses.asdict(e) | {"decided_at": e.decided_at.isoformat()} for e in entries]
@@ -183,15 +191,12 @@ def cmd_worklist(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     from daemon.config import parse_duration
-    from storage.database import create_database_engine, make_session_factory, require_current
     from storage.models import DeliveryState
     from storage.queries import outbox, purge_deliveries, retry_deliveries
 
     settings = _settings(args)
     _configure_logging("WARNING")
-    engine = create_database_engine(settings.storage.database_url)
-    require_current(engine)
-    with make_session_factory(engine)() as session, session.begin():
+    with _migrated_sessions(settings)() as session, session.begin():
         if args.action == "list":
             state = DeliveryState(args.state) if args.state else None
             rows = outbox(session, state)
@@ -229,14 +234,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from daemon.config import parse_duration
-    from storage.database import create_database_engine, make_session_factory, require_current
     from storage.queries import purge_studies
 
     settings = _settings(args)
     _configure_logging("WARNING")
-    engine = create_database_engine(settings.storage.database_url)
-    require_current(engine)
-    with make_session_factory(engine)() as session, session.begin():
+    with _migrated_sessions(settings)() as session, session.begin():
         studies, files = purge_studies(
             session,
             dt.timedelta(seconds=parse_duration(args.older_than)),
