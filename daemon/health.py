@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 STATUS_FILE = "status.json"
 STALE_SECONDS = 15.0
 
@@ -34,10 +36,15 @@ class LastError(logging.Handler):
 
 
 def write_status(state_dir: Path, snapshot: dict[str, Any]) -> None:
+    """Replace the status file; a failure is logged, never fatal to the daemon."""
     path = Path(state_dir) / STATUS_FILE
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(snapshot, indent=1))
-    os.replace(temporary, path)
+    try:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(snapshot, indent=1))
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.warning("Cannot write %s: %s", path, exc)
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:

@@ -166,3 +166,13 @@ def test_a_stuck_worker_stops_the_watchdog() -> None:
     assert lifecycle.workers_healthy(fresh, fresh, None)  # type: ignore[arg-type]
     assert not lifecycle.workers_healthy(stale, fresh, None)  # type: ignore[arg-type]
     assert not lifecycle.workers_healthy(fresh, fresh, stale)  # type: ignore[arg-type]
+
+
+def test_status_file_in_a_missing_state_directory(tmp_path: Path) -> None:
+    from daemon.health import read_status, write_status
+
+    target = tmp_path / "not" / "there"
+    write_status(target, {"pid": 1, "updated_at": "2026-01-01T00:00:00+00:00"})
+    assert read_status(target) == {"pid": 1, "updated_at": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "file").write_text("")
+    write_status(tmp_path / "file", {})  # cannot write: logged, not raised
