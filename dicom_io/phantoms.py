@@ -100,6 +100,9 @@ def render_oct(
     rpe = top + geo.thickness + 0.0004 * (x - cols / 2) ** 2
     top = top + geo.pit_depth * np.exp(-(((x - geo.fovea_x) / geo.pit_width) ** 2))
 
+    # Bruch's membrane stays where the RPE was: lesions lift the RPE off it,
+    # and the choroid below keeps its place.
+    bruch = rpe.copy()
     boxes: list[Box] = []
     fluid = np.zeros(shape, dtype=bool)
     lesion_x = float(np.clip(geo.fovea_x + rng.uniform(-0.15, 0.15) * cols, 50, cols - 50))
@@ -136,9 +139,12 @@ def render_oct(
 
     depth = (y - top) / np.maximum(rpe - top, 1.0)
     retina = np.interp(depth, _LAYER_DEPTHS, _LAYER_VALUES).astype(np.float32)
-    below = y - rpe
+    below = y - bruch
     choroid = 0.55 * np.exp(-np.maximum(below, 0) / 40.0)
-    image = np.where(depth < 0, 0.05, np.where(below > 0, choroid, retina))
+    # Between a lifted RPE and Bruch's membrane: drusenoid material (moderately
+    # reflective); CNV's fluid is drawn over it below.
+    sub_rpe = (y > rpe) & (below <= 0)
+    image = np.where(depth < 0, 0.05, np.where(below > 0, choroid, np.where(sub_rpe, 0.5, retina)))
 
     if label == "CNV":
         membrane = np.abs(y - (rpe + 2)) < 3
