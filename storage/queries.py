@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from dicom_io.codes import Referral
@@ -41,6 +41,14 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
 
 
+def _delete_occlusion_maps(session: Session, condition: ColumnElement[bool]) -> None:
+    """Delete the occlusion maps matching ``condition`` with their deliveries."""
+    for record in session.scalars(select(OcclusionMapRecord).where(condition)):
+        for delivery in record.deliveries:
+            session.delete(delivery)
+        session.delete(record)
+
+
 def replace_instance(session: Session, sop_instance_uid: str, **fields: object) -> Instance:
     """Point an instance at a new copy; its result goes and it is triaged again.
 
@@ -54,12 +62,7 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
         setattr(instance, name, value)
     if instance.result is not None:
         session.delete(instance.result)
-    for record in session.scalars(
-        select(OcclusionMapRecord).where(OcclusionMapRecord.instance_fk == instance.id)
-    ):
-        for delivery in record.deliveries:
-            session.delete(delivery)
-        session.delete(record)
+    _delete_occlusion_maps(session, OcclusionMapRecord.instance_fk == instance.id)
     instance.state = InstanceState.RECEIVED
     instance.error = ""
     instance.received_at = utcnow()
@@ -538,12 +541,7 @@ def purge_studies(
             session.delete(report)
         if study.result is not None:
             session.delete(study.result)
-        for record in session.scalars(
-            select(OcclusionMapRecord).where(OcclusionMapRecord.study_fk == study.id)
-        ):
-            for delivery in record.deliveries:
-                session.delete(delivery)
-            session.delete(record)
+        _delete_occlusion_maps(session, OcclusionMapRecord.study_fk == study.id)
         session.flush()
         for instance in instances:
             if instance.result is not None:

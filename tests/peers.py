@@ -157,6 +157,27 @@ class TriageDaemon:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
 
+    def findscu_worklist(self, out_dir: Path, *keys: str) -> subprocess.CompletedProcess[str]:
+        """A Modality Worklist C-FIND by dcmtk; answers are written as rsp*.dcm in out_dir."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        arguments = [item for key in keys for item in ("-k", key)]
+        return run_tool(
+            [
+                "findscu",
+                "-W",
+                "-X",
+                "-od",
+                str(out_dir),
+                "-aet",
+                "CLINIC",
+                "-aec",
+                "TRIAGE",
+                *arguments,
+                "127.0.0.1",
+                str(self.port),
+            ]
+        )
+
     def storescu(self, files: Sequence[Path], *options: str) -> subprocess.CompletedProcess[str]:
         return run_tool(
             [

@@ -63,27 +63,8 @@ def test_names_round_trip(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
             assert errors == [], validation.stderr
 
         answers = tmp_path / "answers"
-        answers.mkdir()
-        found = run_tool(
-            [
-                "findscu",
-                "-W",
-                "-X",
-                "-od",
-                str(answers),
-                "-aet",
-                "CLINIC",
-                "-aec",
-                "TRIAGE",
-                "-k",
-                "SpecificCharacterSet=ISO_IR 192",
-                "-k",
-                "PatientName=",
-                "-k",
-                "StudyInstanceUID=",
-                "127.0.0.1",
-                str(daemon.port),
-            ]
+        found = daemon.findscu_worklist(
+            answers, "SpecificCharacterSet=ISO_IR 192", "PatientName=", "StudyInstanceUID="
         )
         assert found.returncode == 0, found.stderr
         answered = {

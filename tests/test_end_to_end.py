@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from dicom_io.codes import FINDING_CODES, PAPER_REFERRALS, REFERRAL_CODES, Referral
 from dicom_io.phantom_files import write_dicom_studies
-from tests.peers import Orthanc, TriageDaemon, run_tool
+from tests.peers import Orthanc, TriageDaemon
 
 pytestmark = pytest.mark.network
 
@@ -135,33 +135,14 @@ def test_scanner_to_pacs_and_worklist(
             if PAPER_REFERRALS[t["label"]] == Referral.URGENT
         }
         answers = tmp_path / "worklist"
-        answers.mkdir()
-        found = run_tool(
-            [
-                "findscu",
-                "-W",
-                "-X",
-                "-od",
-                str(answers),
-                "-aet",
-                "CLINIC",
-                "-aec",
-                "TRIAGE",
-                "-k",
-                "PatientName=",
-                "-k",
-                "PatientID=",
-                "-k",
-                "AccessionNumber=",
-                "-k",
-                "StudyInstanceUID=",
-                "-k",
-                "RequestedProcedurePriority=",
-                "-k",
-                "ScheduledProcedureStepSequence[0].Modality=",
-                "127.0.0.1",
-                str(daemon.port),
-            ]
+        found = daemon.findscu_worklist(
+            answers,
+            "PatientName=",
+            "PatientID=",
+            "AccessionNumber=",
+            "StudyInstanceUID=",
+            "RequestedProcedurePriority=",
+            "ScheduledProcedureStepSequence[0].Modality=",
         )
         assert found.returncode == 0, found.stderr
         responses = [dcmread(p) for p in sorted(answers.glob("rsp*.dcm"))]
@@ -176,25 +157,8 @@ def test_scanner_to_pacs_and_worklist(
             assert str(response.PatientName).startswith("PHANTOM^")
 
         only_oct = tmp_path / "worklist-oct"
-        only_oct.mkdir()
-        found = run_tool(
-            [
-                "findscu",
-                "-W",
-                "-X",
-                "-od",
-                str(only_oct),
-                "-aet",
-                "CLINIC",
-                "-aec",
-                "TRIAGE",
-                "-k",
-                "ScheduledProcedureStepSequence[0].Modality=OPT",
-                "-k",
-                "StudyInstanceUID=",
-                "127.0.0.1",
-                str(daemon.port),
-            ]
+        found = daemon.findscu_worklist(
+            only_oct, "ScheduledProcedureStepSequence[0].Modality=OPT", "StudyInstanceUID="
         )
         assert found.returncode == 0, found.stderr
         oct_urgent = {
