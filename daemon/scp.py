@@ -119,7 +119,8 @@ def _store(event: Any, context: IngestContext) -> int:
             logger.info("Duplicate instance from %s: the first copy is kept", calling)
             return Status.SUCCESS
         replaced_path = existing.path if existing is not None else None
-    stored = context.spool.store(content, uid)
+    # The digest is computed once per instance, here, on the association thread.
+    stored = context.spool.store(content, uid, digest)
     try:
         with context.sessions() as session, session.begin():
             fields = {

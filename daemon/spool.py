@@ -35,14 +35,15 @@ class Spool:
         for folder in (self.instances, self.quarantine_dir, self.incoming):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def store(self, content: bytes, sop_instance_uid: str) -> StoredFile:
+    def store(self, content: bytes, sop_instance_uid: str, sha256: str | None = None) -> StoredFile:
         """Write ``content`` durably; the name never collides, even for duplicates."""
         key = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
         folder = self.instances / key[:2]
         folder.mkdir(exist_ok=True)
         final = folder / f"{key}-{uuid.uuid4().hex[:12]}.dcm"
         _write_durably(self.incoming, final, content)
-        return StoredFile(final, len(content), hashlib.sha256(content).hexdigest())
+        digest = sha256 or hashlib.sha256(content).hexdigest()
+        return StoredFile(final, len(content), digest)
 
     def quarantine(self, content: bytes, reason: str, calling_ae_title: str) -> Path:
         """Keep a rejected dataset with a JSON note of why it was rejected."""
