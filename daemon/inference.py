@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from daemon.device_binding import DeviceBinding
 from daemon.errors import InferenceError
 from dicom_io.preprocess import model_input
 from storage.model_package import Manifest, load_package
@@ -71,7 +72,14 @@ def create_session(model_path: Path, device: str) -> tuple[ort.InferenceSession,
 class Classifier:
     """A verified model package, ready to classify grey images."""
 
-    def __init__(self, package_dir: Path, device: str = "auto") -> None:
+    def __init__(
+        self, package_dir: Path, device: str = "auto", io_binding: bool | None = None
+    ) -> None:
+        """Load and verify a model package.
+
+        ``io_binding``: run through ONNX Runtime I/O binding (device-resident
+        buffers); by default whenever the session runs on CUDA.
+        """
         self.manifest: Manifest
         self.manifest, model_path = load_package(Path(package_dir))
         self.session, self.provider = create_session(model_path, device)
@@ -86,6 +94,16 @@ class Classifier:
                 f"{model_path} outputs {outputs[0].shape[-1]} classes but the manifest "
                 f"lists {len(self.manifest.labels)}."
             )
+        use_binding = self.provider == CUDA if io_binding is None else io_binding
+        self.binding = (
+            DeviceBinding(
+                self.session,
+                len(self.manifest.labels),
+                device="cuda" if self.provider == CUDA else "cpu",
+            )
+            if use_binding
+            else None
+        )
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         spec = self.manifest.input
@@ -93,6 +111,8 @@ class Classifier:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a prepared NHWC batch."""
+        if self.binding is not None:
+            return self.binding.run(batch)
         probabilities = self.session.run(None, {self.manifest.input.tensor_name: batch})[0]
         return np.asarray(probabilities, dtype=np.float32)
 

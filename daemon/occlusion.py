@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -220,3 +220,21 @@ def peak(values: np.ndarray) -> tuple[int, int]:
     """(row, column) of the largest drop."""
     row, col = np.unravel_index(int(np.argmax(values)), values.shape)
     return int(row), int(col)
+
+
+def peak_in_lesion(
+    result: OcclusionMap, rows: int, cols: int, lesion_boxes: Sequence[Sequence[int]]
+) -> bool:
+    """Whether the map's largest drop, in source pixels, falls inside a lesion.
+
+    ``lesion_boxes`` are ``(x0, y0, x1, y1)`` in the source image. Each is
+    widened by half the occluding box (in source pixels), since a box
+    centred just off a lesion's edge still hides part of it.
+    """
+    row, col = peak(to_source_geometry(result.values, rows, cols))
+    height, width = result.values.shape
+    margin = result.box * max(rows / height, cols / width) / 2
+    return any(
+        x0 - margin <= col <= x1 + margin and y0 - margin <= row <= y1 + margin
+        for x0, y0, x1, y1 in lesion_boxes
+    )

@@ -7,8 +7,8 @@ bounding boxes ``(x0, y0, x1, y1)`` of every lesion it drew, in pixels.
 OCT: a layered retina with a foveal pit and speckle; CNV adds an elevated
 membrane over subretinal fluid, DME intraretinal cysts with thickening,
 DRUSEN small elevations of the RPE. CXR: two lung fields with ribs, spine
-and heart; bacterial pneumonia adds a focal lobar consolidation, viral
-pneumonia a diffuse bilateral interstitial pattern.
+and heart; bacterial pneumonia adds a dense segmental consolidation with
+air bronchograms, viral pneumonia a diffuse bilateral interstitial pattern.
 """
 
 from __future__ import annotations
@@ -222,11 +222,7 @@ def render_cxr(label: str, rng: np.random.Generator, shape: tuple[int, int] = CX
     boxes: list[Box] = []
     if label == "BACTERIA":
         lung, lx, ly, rx, ry = lungs[int(rng.integers(0, 2))]
-        px = lx + rng.uniform(-0.35, 0.35) * rx
-        py = ly + rng.uniform(-0.1, 0.5) * ry
-        radius = rng.uniform(38, 55)
-        blob = np.exp(-(((x - px) ** 2 + (y - py) ** 2) / (2 * (radius / 1.6) ** 2)))
-        consolidation = 0.6 * blob * (lung & ~heart)
+        consolidation = _lobar_consolidation(rng, x, y, lx, ly, rx, ry) * (lung & ~heart)
         image = image + consolidation
         support = np.nonzero(consolidation > 0.08)
         boxes.append(
@@ -247,6 +243,60 @@ def render_cxr(label: str, rng: np.random.Generator, shape: tuple[int, int] = CX
     image = box_blur(image, 2, passes=2)
     noisy = image + rng.normal(0, 0.02, size=shape)
     return Phantom(np.clip(noisy, 0, 1).astype(np.float32), label, tuple(boxes))
+
+
+def _distance_to_segment(
+    x: np.ndarray, y: np.ndarray, start: tuple[float, float], end: tuple[float, float]
+) -> np.ndarray:
+    (x0, y0), (x1, y1) = start, end
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((x - x0) * dx + (y - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
+    return np.hypot(x - (x0 + t * dx), y - (y0 + t * dy))
+
+
+def _lobar_consolidation(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    lx: float,
+    ly: float,
+    rx: float,
+    ry: float,
+) -> np.ndarray:
+    """Added density of a segmental consolidation in the lung centred at (lx, ly).
+
+    Dense and homogeneous, with a sharp border where a fissure stops it and
+    a soft one elsewhere, crossed by air bronchograms: branching lucent
+    airways that stay open inside the consolidated alveoli. A model that
+    learns these, rather than mere brightness, is not fooled by a blank box.
+    """
+    px = lx + rng.uniform(-0.3, 0.3) * rx
+    py = ly + rng.uniform(-0.05, 0.45) * ry
+    half_width, half_height = rng.uniform(45, 62), rng.uniform(45, 60)
+    ellipse = ((x - px) / half_width) ** 2 + ((y - py) / half_height) ** 2
+    soft_edge = np.clip((1.0 - ellipse) / 0.6, 0.0, 1.0)
+    fissure = py - half_height * rng.uniform(0.45, 0.75) + rng.uniform(-0.25, 0.25) * (x - px)
+    density = 0.45 * soft_edge * (y > fissure)
+    # Airways enter from the hilar (medial) side and branch once.
+    medial = -1.0 if px > lx else 1.0
+    airways = np.full(x.shape, np.inf, dtype=np.float32)
+    for _ in range(int(rng.integers(2, 4))):
+        start = (px + medial * half_width * 0.5, py + rng.uniform(-0.2, 0.3) * half_height)
+        angle = rng.uniform(-0.6, 0.6)
+        length = rng.uniform(0.5, 0.8) * half_width
+        middle = (
+            start[0] - medial * length * np.cos(angle),
+            start[1] + length * np.sin(angle),
+        )
+        airways = np.minimum(airways, _distance_to_segment(x, y, start, middle))
+        for turn in (-0.5, 0.5):
+            end = (
+                middle[0] - medial * 0.5 * length * np.cos(angle + turn),
+                middle[1] + 0.5 * length * np.sin(angle + turn),
+            )
+            airways = np.minimum(airways, _distance_to_segment(x, y, middle, end))
+    lucent = np.clip(2.5 - airways, 0.0, 1.0)
+    return (density * (1.0 - 0.8 * lucent)).astype(np.float32)
 
 
 def render(modality: str, label: str, rng: np.random.Generator) -> Phantom:

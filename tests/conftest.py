@@ -42,8 +42,6 @@ def _source_digest() -> str:
         "trainer/export.py",
         "trainer/backbones.py",
         "trainer/head.py",
-        "trainer/backbones.py",
-        "trainer/head.py",
         "dicom_io/phantoms.py",
         "dicom_io/phantom_files.py",
         "dicom_io/preprocess.py",

@@ -107,3 +107,46 @@ def test_all_frames_mode_finds_the_most_urgent_b_scan(
     assert (centre.label, centre.frame_number) == ("NORMAL", 3)
     every = classify_file(moved, classifier, all_frames=True)
     assert (every.label, every.frame_number) == ("CNV", 1)
+
+
+def test_io_binding_gives_the_same_probabilities_as_a_plain_run(
+    model_dirs: dict[str, Path],
+) -> None:
+    """The I/O-binding path (used on CUDA) on the CPU: same numbers, any batch size,
+    and buffers reused between calls do not leak one batch into the next."""
+    import threading
+
+    import numpy as np
+
+    plain = Classifier(model_dirs["oct"], device="cpu", io_binding=False)
+    bound = Classifier(model_dirs["oct"], device="cpu", io_binding=True)
+    assert plain.binding is None and bound.binding is not None
+    rng = np.random.default_rng(4)
+    spec = plain.manifest.input
+    for size in (1, 7, 64, 7, 3, 2, 5, 64):
+        batch = rng.random((size, spec.height, spec.width, spec.channels), dtype=np.float32)
+        expected = plain.predict(batch)
+        first = bound.predict(batch)
+        again = bound.predict(batch[::-1].copy())
+        assert first.shape == (size, len(plain.manifest.labels))
+        assert np.allclose(first, expected, atol=1e-6)
+        assert np.allclose(again, expected[::-1], atol=1e-6)
+
+    # Threads sharing the classifier each get their own buffers.
+    batches = [
+        rng.random((8, spec.height, spec.width, spec.channels), dtype=np.float32) for _ in range(4)
+    ]
+    wanted = [plain.predict(batch) for batch in batches]
+    mismatches: list[int] = []
+
+    def work(index: int) -> None:
+        for _ in range(20):
+            if not np.allclose(bound.predict(batches[index]), wanted[index], atol=1e-6):
+                mismatches.append(index)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mismatches == []
