@@ -1,22 +1,29 @@
 """Benchmark: occlusion maps — cost per image by stride, the fast mode's
 fidelity to the exact stride-1 map, and localisation on phantoms.
 
-Small CNN (128x128): every stride is measured. InceptionV3 (299x299, random
-weights: speed does not depend on their values): stride 20 is measured and
-the others are extrapolated from its passes per second, since stride 1 takes
-tens of minutes on a CPU. Run on a machine with CUDA to measure the GPU.
+Small CNN (128x128, the phantom-trained models): every stride is measured on
+OCT and chest phantoms. InceptionV3 (299x299): by default built with random
+weights (speed does not depend on their values; ``--inception-package`` takes
+a trained package instead). Its strides are measured while the time left in
+``--budget-seconds`` allows and extrapolated from the measured passes per
+second beyond that; its fast-versus-stride-1 fidelity is measured only when
+stride 1 itself fits. On an H200 with the CUDA provider the whole run is
+sized to finish in under five minutes; on a 2-core CPU, about three.
 
-Run: .venv/bin/python bench/occlusion.py [--images 3] [--inception]
+Run: .venv/bin/python bench/occlusion.py [--device auto|cpu|cuda]
+     [--images 3] [--per-class 10] [--inception] [--budget-seconds 240]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,58 +31,118 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from daemon.demo import ensure_models
-from daemon.inference import Classifier
-from daemon.occlusion import grid_positions, occlusion_map, peak, to_source_geometry
+from daemon.inference import Classifier, create_session
+from daemon.occlusion import (
+    OcclusionMap,
+    grid_positions,
+    occlusion_map,
+    peak,
+    peak_in_lesion,
+)
 from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
 
 LESION_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
+Predict = Callable[[np.ndarray], np.ndarray]
+MODES = (("grid", 20), ("grid", 10), ("grid", 4), ("grid", 1), ("fast", 1))
+
+
+@dataclasses.dataclass
+class Row:
+    label: str
+    passes: int
+    seconds: float
+    correlation: float | None = None
+    same_top: float | None = None
+    measured: bool = True
+
+
+def label_of(mode: str, stride: int) -> str:
+    return "fast" if mode == "fast" else f"stride {stride}"
 
 
 def passes_at(size: int, stride: int, box: int = 20) -> int:
     return len(grid_positions(size, box, stride)) ** 2 + 1
 
 
-def small_cnn_table(models: Path, images: int) -> None:
-    classifier = Classifier(models / "oct", device="auto")
-    with tempfile.TemporaryDirectory() as folder:
-        root = write_dicom_studies("oct", Path(folder), images, seed=5)
-        truth = json.loads((root / "lesions.json").read_text())
-        paths = [root / rel for rel, rec in sorted(truth.items()) if rec["label"] == "CNV"]
-        inputs = [classifier.prepare(decode_instance(p).image) for p in paths[:images]]
-    print(f"\nsmall CNN 128x128 on {classifier.provider}, {len(inputs)} OCT CNV phantoms")
+def fidelity(maps: list[OcclusionMap], exact: list[OcclusionMap]) -> tuple[float, float]:
+    """Mean Pearson r with the stride-1 maps, and the share of images whose
+    peak lies in the stride-1 map's top region (within 10% of its maximum)."""
+    pairs = list(zip(maps, exact, strict=True))
+    correlation = float(
+        np.mean([np.corrcoef(m.values.ravel(), e.values.ravel())[0, 1] for m, e in pairs])
+    )
+    same_top = float(np.mean([e.values[peak(m.values)] >= 0.9 * e.values.max() for m, e in pairs]))
+    return correlation, same_top
+
+
+def print_header(title: str) -> None:
+    print(f"\n{title}")
     print(f"{'mode':<10}{'passes':>8}{'s/image':>10}{'r vs stride 1':>15}{'same top':>10}")
+
+
+def print_row(row: Row) -> None:
+    r = "-" if row.correlation is None else f"{row.correlation:.4f}"
+    top = "-" if row.same_top is None else f"{row.same_top:.0%}"
+    note = "" if row.measured else "  (extrapolated)"
+    print(f"{row.label:<10}{row.passes:>8}{row.seconds:>10.2f}{r:>15}{top:>10}{note}", flush=True)
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    print_header(title)
+    for row in rows:
+        print_row(row)
+
+
+def phantom_inputs(
+    classifier: Classifier, modality: str, count: int, seed: int
+) -> list[np.ndarray]:
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_dicom_studies(modality, Path(folder), count, seed=seed)
+        truth = json.loads((root / "lesions.json").read_text())
+        urgent = LESION_CLASSES[modality][0]
+        paths = [root / rel for rel, rec in sorted(truth.items()) if rec["label"] == urgent]
+        return [classifier.prepare(decode_instance(p).image) for p in paths[:count]]
+
+
+def small_cnn_table(models: Path, modality: str, images: int, device: str) -> None:
+    classifier = Classifier(models / modality, device=device)
+    inputs = phantom_inputs(classifier, modality, images, seed=5)
     exact = [occlusion_map(classifier.predict, x, mode="grid", stride=1) for x in inputs]
-    for mode, stride in (("grid", 20), ("grid", 10), ("grid", 4), ("grid", 1), ("fast", 1)):
-        maps = [occlusion_map(classifier.predict, x, mode=mode, stride=stride) for x in inputs]
-        seconds = float(np.mean([m.seconds for m in maps]))
-        correlation = float(
-            np.mean(
-                [
-                    np.corrcoef(m.values.ravel(), e.values.ravel())[0, 1]
-                    for m, e in zip(maps, exact, strict=True)
-                ]
+    rows = []
+    for mode, stride in MODES:
+        maps = (
+            exact
+            if (mode, stride) == ("grid", 1)
+            else [occlusion_map(classifier.predict, x, mode=mode, stride=stride) for x in inputs]
+        )
+        correlation, same_top = fidelity(maps, exact)
+        rows.append(
+            Row(
+                label_of(mode, stride),
+                maps[0].forward_passes,
+                float(np.mean([m.seconds for m in maps])),
+                correlation,
+                same_top,
             )
         )
-        same_top = np.mean(
-            [
-                e.values[peak(m.values)] >= 0.9 * e.values.max()
-                for m, e in zip(maps, exact, strict=True)
-            ]
-        )
-        label = "fast" if mode == "fast" else f"stride {stride}"
-        print(
-            f"{label:<10}{maps[0].forward_passes:>8}{seconds:>10.2f}{correlation:>15.4f}"
-            f"{same_top:>10.0%}"
-        )
-
-
-def localisation(models: Path, per_class: int) -> None:
-    print(
-        f"\nlocalisation (fast mode): largest drop inside the lesion region, {per_class} per class"
+    binding = "I/O binding" if classifier.binding is not None else "plain run"
+    urgent = LESION_CLASSES[modality][0]
+    print_table(
+        f"small CNN 128x128, {modality.upper()} {urgent} phantoms x{len(inputs)}, "
+        f"{classifier.provider} ({binding})",
+        rows,
     )
+
+
+def localisation(models: Path, per_class: int, device: str) -> None:
+    print(
+        "\nlocalisation (fast mode, mean fill): largest drop inside a lesion box, "
+        f"{per_class} per class"
+    )
+    total: list[bool] = []
     for modality, seed in (("oct", 7), ("cxr", 8)):
-        classifier = Classifier(models / modality, device="auto")
+        classifier = Classifier(models / modality, device=device)
         with tempfile.TemporaryDirectory() as folder:
             root = write_dicom_studies(modality, Path(folder), per_class, seed=seed)
             truth = json.loads((root / "lesions.json").read_text())
@@ -83,28 +150,33 @@ def localisation(models: Path, per_class: int) -> None:
             for relative, record in sorted(truth.items()):
                 if record["label"] not in LESION_CLASSES[modality]:
                     continue
-                decoded = decode_instance(root / relative)
-                result = occlusion_map(classifier.predict, classifier.prepare(decoded.image))
-                rows, cols = decoded.image.shape
-                row, col = peak(to_source_geometry(result.values, rows, cols))
-                margin = result.box * max(rows, cols) / result.values.shape[0] / 2
-                boxes = record["boxes"]
-                inside = (
-                    min(b[0] for b in boxes) - margin <= col <= max(b[2] for b in boxes) + margin
-                    and min(b[1] for b in boxes) - margin
-                    <= row
-                    <= max(b[3] for b in boxes) + margin
+                image = decode_instance(root / relative).image
+                result = occlusion_map(classifier.predict, classifier.prepare(image))
+                hits.setdefault(record["label"], []).append(
+                    peak_in_lesion(result, image.shape[0], image.shape[1], record["boxes"])
                 )
-                hits.setdefault(record["label"], []).append(inside)
-        for label, values in hits.items():
-            print(f"  {label:<9} {sum(values)}/{len(values)} = {sum(values) / len(values):.0%}")
+        for label, found in hits.items():
+            total.extend(found)
+            print(f"  {label:<9} {sum(found)}/{len(found)} = {sum(found) / len(found):.0%}")
+    print(f"  {'all':<9} {sum(total)}/{len(total)} = {sum(total) / len(total):.0%}")
 
 
-def inception_table() -> None:
+def inception_predictors(package: Path | None, device: str) -> tuple[Predict, Predict, str, int]:
+    """(predict with I/O binding, plain predict, provider, input size)."""
+    if package is not None:
+        with_binding = Classifier(package, device=device, io_binding=True)
+        without = Classifier(package, device=device, io_binding=False)
+        return (
+            with_binding.predict,
+            without.predict,
+            with_binding.provider,
+            with_binding.manifest.input.height,
+        )
     import keras
-    import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
+
+    from daemon.device_binding import DeviceBinding
 
     base = keras.applications.InceptionV3(
         include_top=False, weights=None, pooling="avg", input_shape=(299, 299, 3)
@@ -116,49 +188,91 @@ def inception_table() -> None:
         input_signature=(tf.TensorSpec((None, 299, 299, 3), tf.float32, name="image"),),
         opset=15,
     )
-    session = ort.InferenceSession(
-        proto.SerializeToString(), providers=ort.get_available_providers()
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "inception_v3.onnx"
+        path.write_bytes(proto.SerializeToString())
+        session, provider = create_session(path, device)
+    binding = DeviceBinding(session, 4, device="cuda" if provider.startswith("CUDA") else "cpu")
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def plain(batch: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {"image": batch.astype(np.float32)})[0])
 
-    image = np.random.default_rng(0).random((299, 299, 3)).astype(np.float32)
-    started = time.perf_counter()
-    measured = occlusion_map(predict, image, mode="grid", stride=20)
-    rate = measured.forward_passes / (time.perf_counter() - started)
-    print(
-        f"\nInceptionV3 299x299 on {session.get_providers()[0]}: {rate:.1f} passes/s "
-        f"(measured at stride 20)"
+    return binding.run, plain, provider, 299
+
+
+def inception_table(package: Path | None, device: str, budget: float) -> None:
+    bound, plain, provider, size = inception_predictors(package, device)
+    if package is not None:
+        classifier = Classifier(package, device=device)
+        modality = classifier.manifest.modality.value
+        image = phantom_inputs(classifier, modality, 1, seed=5)[0]
+    else:
+        image = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+    deadline = time.perf_counter() + budget
+    for name, predict in (("plain run", plain), ("I/O binding", bound)):
+        predict(np.repeat(image[None], 2, axis=0))  # warm-up: CUDA kernels, buffers
+        started = time.perf_counter()
+        measured = occlusion_map(predict, image, mode="grid", stride=20)
+        rate = measured.forward_passes / (time.perf_counter() - started)
+        print(
+            f"\nInceptionV3 {size}x{size} on {provider}, {name}: "
+            f"{rate:.1f} forward passes/s (stride 20)"
+        )
+    what = "trained package" if package is not None else "random weights"
+    print_header(
+        f"InceptionV3 {size}x{size} ({what}), 1 image, {provider}, I/O binding, "
+        f"budget {budget:.0f} s"
     )
-    print(f"{'mode':<10}{'passes':>8}{'s/image':>10}")
-    for label, passes in (
-        ("stride 20", passes_at(299, 20)),
-        ("stride 10", passes_at(299, 10)),
-        ("stride 4", passes_at(299, 4)),
-        ("stride 1", passes_at(299, 1)),
-        ("fast", passes_at(299, 1) // 20),
-    ):
-        note = "" if label == "stride 20" else " (extrapolated)"
-        print(f"{label:<10}{passes:>8}{passes / rate:>10.1f}{note}")
+
+    def fits(passes: int) -> bool:
+        return time.perf_counter() + passes / rate <= deadline
+
+    # Stride 1 first, when it fits: every other row is compared with it.
+    exact = None
+    if fits(passes_at(size, 1)):
+        exact = occlusion_map(bound, image, mode="grid", stride=1)
+    for mode, stride in MODES:
+        label = label_of(mode, stride)
+        passes = passes_at(size, 1) // 20 if mode == "fast" else passes_at(size, stride)
+        if (mode, stride) == ("grid", 1) and exact is not None:
+            result = exact
+        elif (mode, stride) != ("grid", 1) and fits(passes):
+            result = occlusion_map(bound, image, mode=mode, stride=stride)
+            rate = result.forward_passes / result.seconds
+        else:
+            print_row(Row(label, passes, passes / rate, measured=False))
+            continue
+        row = Row(label, result.forward_passes, result.seconds)
+        if exact is not None:
+            row.correlation, row.same_top = fidelity([result], [exact])
+        print_row(row)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--per-class", type=int, default=6)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--images", type=int, default=3, help="phantoms per small-CNN table")
+    parser.add_argument(
+        "--per-class", type=int, default=10, help="phantoms per class, localisation"
+    )
     parser.add_argument("--state-dir", default="var/bench")
-    parser.add_argument("--inception", action="store_true", help="also time InceptionV3")
+    parser.add_argument("--inception", action="store_true", help="also time InceptionV3 at 299")
+    parser.add_argument("--inception-package", type=Path, help="a trained InceptionV3 package")
+    parser.add_argument(
+        "--budget-seconds", type=float, default=240, help="InceptionV3 measuring time"
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
     state = Path(args.state_dir).absolute()
     ensure_models(state)
-    small_cnn_table(state / "models", args.images)
-    localisation(state / "models", args.per_class)
-    if args.inception:
-        inception_table()
+    models = state / "models"
+    for modality in ("oct", "cxr"):
+        small_cnn_table(models, modality, args.images, args.device)
+    localisation(models, args.per_class, args.device)
+    if args.inception or args.inception_package:
+        inception_table(args.inception_package, args.device, args.budget_seconds)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_the_largest_drop_falls_on_the_lesion(model_dirs: dict[str, Path], tmp_p
         for path, record in _urgent_phantoms(modality, tmp_path / modality, 4, seed):
             image = decode_instance(path).image
             result = occlusion_map(classifier.predict, classifier.prepare(image))
-            inside = peak_in_lesion(result, *image.shape, record["boxes"])
+            inside = peak_in_lesion(result, image.shape[0], image.shape[1], record["boxes"])
             hits.setdefault(record["label"], []).append(inside)
     print()
     for label, found in hits.items():
