@@ -6,6 +6,11 @@ to a bounded queue; worker threads compute the map (``daemon.occlusion``),
 wrap it as a Secondary Capture (``dicom_io.sc``), store it in SQL and, when
 ``[occlusion] send`` is on, queue its delivery behind the study's SR. None of
 this runs on an association thread or in the report path.
+
+An image whose map fails (its file damaged or gone, say) rests before the
+next try and is given up after a few, until the daemon restarts; it is left
+out of the poller's query meanwhile, so a few such images can never hold
+the bounded queue and starve the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydicom import dcmread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.config import Settings
 from daemon.inference import Classifier
 from daemon.occlusion import OcclusionMap, occlusion_map, to_source_geometry
@@ -33,6 +38,9 @@ from storage import queries
 from storage.models import Instance, OcclusionMapRecord
 
 logger = logging.getLogger(__name__)
+
+# Seconds before the second and third tries at a failed map; then give up.
+RETRY_AFTER_SECONDS = (60.0, 600.0)
 
 
 def render_sc(
@@ -91,6 +99,8 @@ class Explainer:
         self.poll_seconds = poll_seconds
         self.work: queue.Queue[int] = queue.Queue(maxsize=settings.occlusion.queue_size)
         self.in_flight: set[int] = set()
+        # instance id -> (failed tries, monotonic time before which it rests)
+        self.failures: dict[int, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self.heartbeat = time.monotonic()
         self.threads = [threading.Thread(target=self._poll, name="occlusion-poller", daemon=True)]
@@ -116,7 +126,10 @@ class Explainer:
             try:
                 with self.sessions() as session:
                     candidates = queries.instances_needing_maps(
-                        session, self.settings.occlusion.referrals, self.work.maxsize
+                        session,
+                        self.settings.occlusion.referrals,
+                        self.work.maxsize,
+                        exclude=self.resting(time.monotonic()),
                     )
                 for instance_id in candidates:
                     with self._lock:
@@ -141,10 +154,39 @@ class Explainer:
             try:
                 self.explain(instance_id)
             except Exception:
-                logger.exception("Occlusion map of instance %d failed", instance_id)
+                metrics.OCCLUSION_MAPS.labels("failed").inc()
+                self.record_failure(instance_id, time.monotonic())
+            else:
+                with self._lock:
+                    self.failures.pop(instance_id, None)
             finally:
                 with self._lock:
                     self.in_flight.discard(instance_id)
+
+    def resting(self, now: float) -> set[int]:
+        """Failed images not to be tried again yet (or at all)."""
+        with self._lock:
+            return {key for key, (_tries, not_before) in self.failures.items() if not_before > now}
+
+    def record_failure(self, instance_id: int, now: float) -> None:
+        """Log the failure in hand and schedule the next try, if any is left."""
+        with self._lock:
+            tries = self.failures.get(instance_id, (0, 0.0))[0] + 1
+            delay = RETRY_AFTER_SECONDS[tries - 1] if tries <= len(RETRY_AFTER_SECONDS) else None
+            self.failures[instance_id] = (tries, float("inf") if delay is None else now + delay)
+        if delay is None:
+            logger.exception(
+                "Occlusion map of instance %d failed %d times; given up until the daemon restarts",
+                instance_id,
+                tries,
+            )
+        else:
+            logger.exception(
+                "Occlusion map of instance %d failed (try %d); next try in %.0f s",
+                instance_id,
+                tries,
+                delay,
+            )
 
     def explain(self, instance_id: int) -> None:
         with self.sessions() as session:
@@ -184,6 +226,7 @@ class Explainer:
                     )
         except IntegrityError:
             return  # another node made this map first
+        metrics.OCCLUSION_MAPS.labels("made").inc()
         logger.info(
             "Occlusion map of instance %d (%s): %d passes in %.1f s",
             instance_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, exists, func, select
@@ -343,25 +343,26 @@ def due_deliveries(session: Session, limit: int = 20) -> list[Delivery]:
     )
 
 
-def instances_needing_maps(session: Session, referrals: Sequence[str], limit: int) -> list[int]:
+def instances_needing_maps(
+    session: Session, referrals: Sequence[str], limit: int, exclude: Collection[int] = ()
+) -> list[int]:
     """Triaged images the policy covers, in reported studies, without a map yet."""
     has_map = exists().where(OcclusionMapRecord.instance_fk == Instance.id)
-    return list(
-        session.scalars(
-            select(Instance.id)
-            .join(InstanceResult, InstanceResult.instance_fk == Instance.id)
-            .join(Study, Study.id == Instance.study_fk)
-            .where(
-                Instance.state == InstanceState.TRIAGED,
-                Instance.path != "",
-                InstanceResult.referral.in_(list(referrals)),
-                Study.state == StudyState.REPORTED,
-                ~has_map,
-            )
-            .order_by(Instance.id)
-            .limit(limit)
+    query = (
+        select(Instance.id)
+        .join(InstanceResult, InstanceResult.instance_fk == Instance.id)
+        .join(Study, Study.id == Instance.study_fk)
+        .where(
+            Instance.state == InstanceState.TRIAGED,
+            Instance.path != "",
+            InstanceResult.referral.in_(list(referrals)),
+            Study.state == StudyState.REPORTED,
+            ~has_map,
         )
     )
+    if exclude:
+        query = query.where(Instance.id.not_in(list(exclude)))
+    return list(session.scalars(query.order_by(Instance.id).limit(limit)))
 
 
 def add_occlusion_deliveries(

@@ -107,3 +107,57 @@ def test_a_map_peak_outside_every_lesion_is_not_counted() -> None:
     assert peak_in_lesion(result, 128, 128, [(90, 90, 95, 95)])
     assert not peak_in_lesion(result, 128, 128, [(0, 0, 60, 60), (110, 110, 127, 127)])
     assert peak_in_lesion(result, 128, 128, [(0, 0, 60, 60), (95, 95, 99, 99)])
+
+
+@pytest.mark.network
+def test_a_damaged_image_does_not_hold_up_other_maps(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    """A map that keeps failing rests between tries, so with a queue of one
+    the next image still gets its map; the failure is logged once, not every poll."""
+    import time
+
+    from tests.peers import TriageDaemon
+
+    files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=71).rglob("*.dcm"))
+    daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_OCCLUSION_ENABLED="false")
+    daemon.start()
+    database = daemon.database()
+    try:
+        assert daemon.storescu(files).returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and database.execute(
+            "select count(*) from studies where state = 'reported'"
+        ).fetchone() != (len(files),):
+            time.sleep(0.3)
+    finally:
+        assert daemon.stop() == 0, daemon.log
+    mapped = database.execute(
+        "select i.id, i.path from instances i join instance_results r on r.instance_fk = i.id "
+        "where r.referral in ('urgent', 'supportive care') order by i.id"
+    ).fetchall()
+    assert len(mapped) == 2
+    (damaged_id, damaged_path), (healthy_id, _path) = mapped
+    Path(damaged_path).write_bytes(Path(damaged_path).read_bytes()[:300])
+
+    daemon.env.update(TRIAGE_OCCLUSION_ENABLED="true", TRIAGE_OCCLUSION_QUEUE_SIZE="1")
+    daemon.lines.clear()
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        made: list[tuple[int]] = []
+        while time.monotonic() < deadline and not made:
+            time.sleep(0.5)
+            made = database.execute(
+                "select instance_fk from occlusion_maps where instance_fk = ?", (healthy_id,)
+            ).fetchall()
+        assert made, daemon.log
+        time.sleep(3)  # several more polls
+    finally:
+        assert daemon.stop() == 0, daemon.log
+    failures = [line for line in daemon.lines if f"map of instance {damaged_id} failed" in line]
+    assert len(failures) == 1, daemon.log
+    assert "(try 1); next try in 60 s" in failures[0]
+    assert database.execute(
+        "select count(*) from occlusion_maps where instance_fk = ?", (damaged_id,)
+    ).fetchone() == (0,)
