@@ -29,10 +29,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from inception_model import SIZE, bound_predict, plain_predict, random_inception_v3
 
 from daemon.demo import ensure_models
-from daemon.inference import Classifier, create_session
+from daemon.inference import CUDA, Classifier
 from daemon.occlusion import (
+    BATCH,
     OcclusionMap,
     grid_positions,
     occlusion_map,
@@ -161,68 +163,33 @@ def localisation(models: Path, per_class: int, device: str) -> None:
     print(f"  {'all':<9} {sum(total)}/{len(total)} = {sum(total) / len(total):.0%}")
 
 
-def inception_predictors(package: Path | None, device: str) -> tuple[Predict, Predict, str, int]:
-    """(predict with I/O binding, plain predict, provider, input size)."""
+def inception_predictor(package: Path | None, device: str) -> tuple[Predict, str, int]:
+    """(predict, provider, input size), with I/O binding on CUDA as the daemon does."""
     if package is not None:
-        with_binding = Classifier(package, device=device, io_binding=True)
-        without = Classifier(package, device=device, io_binding=False)
-        return (
-            with_binding.predict,
-            without.predict,
-            with_binding.provider,
-            with_binding.manifest.input.height,
-        )
-    import keras
-    import tensorflow as tf
-    import tf2onnx
-
-    from daemon.device_binding import DeviceBinding
-
-    base = keras.applications.InceptionV3(
-        include_top=False, weights=None, pooling="avg", input_shape=(299, 299, 3)
-    )
-    inputs = keras.Input((299, 299, 3), name="image")
-    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(base(inputs)))
-    proto, _ = tf2onnx.convert.from_keras(
-        model,
-        input_signature=(tf.TensorSpec((None, 299, 299, 3), tf.float32, name="image"),),
-        opset=15,
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "inception_v3.onnx"
-        path.write_bytes(proto.SerializeToString())
-        session, provider = create_session(path, device)
-    binding = DeviceBinding(session, 4, device="cuda" if provider.startswith("CUDA") else "cpu")
-
-    def plain(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {"image": batch.astype(np.float32)})[0])
-
-    return binding.run, plain, provider, 299
+        classifier = Classifier(package, device=device)
+        return classifier.predict, classifier.provider, classifier.manifest.input.height
+    session, provider = random_inception_v3(device)
+    if provider == CUDA:
+        return bound_predict(session, provider), provider, SIZE
+    return plain_predict(session), provider, SIZE
 
 
 def inception_table(package: Path | None, device: str, budget: float) -> None:
-    bound, plain, provider, size = inception_predictors(package, device)
+    predict, provider, size = inception_predictor(package, device)
     if package is not None:
         classifier = Classifier(package, device=device)
         modality = classifier.manifest.modality.value
         image = phantom_inputs(classifier, modality, 1, seed=5)[0]
     else:
         image = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+    predict(np.repeat(image[None], BATCH, axis=0))  # warm-up: kernels, buffers
     deadline = time.perf_counter() + budget
-    for name, predict in (("plain run", plain), ("I/O binding", bound)):
-        predict(np.repeat(image[None], 2, axis=0))  # warm-up: CUDA kernels, buffers
-        started = time.perf_counter()
-        measured = occlusion_map(predict, image, mode="grid", stride=20)
-        rate = measured.forward_passes / (time.perf_counter() - started)
-        print(
-            f"\nInceptionV3 {size}x{size} on {provider}, {name}: "
-            f"{rate:.1f} forward passes/s (stride 20)"
-        )
+    started = time.perf_counter()
+    measured = occlusion_map(predict, image, mode="grid", stride=20)
+    rate = measured.forward_passes / (time.perf_counter() - started)
+    print(f"\nInceptionV3 {size}x{size} on {provider}: {rate:.1f} forward passes/s (stride 20)")
     what = "trained package" if package is not None else "random weights"
-    print_header(
-        f"InceptionV3 {size}x{size} ({what}), 1 image, {provider}, I/O binding, "
-        f"budget {budget:.0f} s"
-    )
+    print_header(f"InceptionV3 {size}x{size} ({what}), 1 image, {provider}, budget {budget:.0f} s")
 
     def fits(passes: int) -> bool:
         return time.perf_counter() + passes / rate <= deadline
@@ -230,14 +197,16 @@ def inception_table(package: Path | None, device: str, budget: float) -> None:
     # Stride 1 first, when it fits: every other row is compared with it.
     exact = None
     if fits(passes_at(size, 1)):
-        exact = occlusion_map(bound, image, mode="grid", stride=1)
+        exact = occlusion_map(predict, image, mode="grid", stride=1)
     for mode, stride in MODES:
         label = label_of(mode, stride)
         passes = passes_at(size, 1) // 20 if mode == "fast" else passes_at(size, stride)
         if (mode, stride) == ("grid", 1) and exact is not None:
             result = exact
+        elif (mode, stride) == ("grid", 20):
+            result = measured
         elif (mode, stride) != ("grid", 1) and fits(passes):
-            result = occlusion_map(bound, image, mode=mode, stride=stride)
+            result = occlusion_map(predict, image, mode=mode, stride=stride)
             rate = result.forward_passes / result.seconds
         else:
             print_row(Row(label, passes, passes / rate, measured=False))
