@@ -33,7 +33,7 @@ from daemon.health import LastError, write_status
 from daemon.inference import Classifier
 from daemon.pipeline import TriagePipeline
 from daemon.reporting import Reporter
-from daemon.scp import IngestContext, event_handlers, make_acceptor
+from daemon.scp import IngestContext, event_handlers, make_acceptor, receive_to_files
 from daemon.spool import Spool
 from daemon.worklist import handle_find
 from dicom_io.codes import TriageModality
@@ -193,6 +193,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         spool = Spool(settings.spool_dir)
         if removed := spool.remove_partial_writes():
             logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
+        receive_to_files(spool.incoming)
     except StorageError as exc:
         logger.error("%s", exc)
         return ExitCode.CONFIG

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import queue
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
     Verification,
@@ -36,7 +37,7 @@ from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
 from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
-from daemon.spool import Spool
+from daemon.spool import Received, Spool, received_sha256
 from daemon.status import Status
 from daemon.validate import coercion_warnings, parse_header
 from storage import queries
@@ -92,10 +93,36 @@ def _store(event: Any, context: IngestContext) -> int:
         logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
         return Status.OUT_OF_RESOURCES
     try:
-        content = event.encoded_dataset(include_meta=True)
+        content = received(event)
     except Exception:
         logger.exception("Cannot read the received dataset from association %s", calling)
         return Status.CANNOT_UNDERSTAND
+    return _store_content(event, context, content, calling)
+
+
+def received(event: Any) -> Received:
+    """The received dataset with its file meta: with ``receive_to_files`` on,
+    the file pynetdicom wrote as it arrived (read in chunks, never whole);
+    otherwise pynetdicom's copy in memory."""
+    if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
+        return Path(event.dataset_path)
+    return bytes(event.encoded_dataset(include_meta=True))
+
+
+def receive_to_files(incoming: Path) -> None:
+    """Have pynetdicom write each received dataset to a file in ``incoming``
+    as it arrives instead of holding it in memory: an OCT volume can be
+    hundreds of megabytes, and several scanners send at once.
+
+    pynetdicom makes the file with ``tempfile`` and deletes it after the
+    handler returns, so the daemon's temporary folder is the spool's own.
+    """
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def _store_content(event: Any, context: IngestContext, content: Received, calling: str) -> int:
     try:
         header = parse_header(
             content,
@@ -110,7 +137,7 @@ def _store(event: Any, context: IngestContext) -> int:
         return exc.status
 
     uid = str(header.SOPInstanceUID)
-    digest = hashlib.sha256(content).hexdigest()
+    digest = received_sha256(content)
     with context.sessions() as session:
         existing = queries.find_instance(session, uid)
         if existing is not None and (
@@ -123,7 +150,7 @@ def _store(event: Any, context: IngestContext) -> int:
     stored = context.spool.store(content, uid, digest)
     try:
         with context.sessions() as session, session.begin():
-            fields = {
+            fields: dict[str, Any] = {
                 "transfer_syntax_uid": str(event.context.transfer_syntax),
                 "path": str(stored.path),
                 "size_bytes": stored.size_bytes,

@@ -12,9 +12,52 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+# A received dataset with its file meta: bytes in memory, or the file that
+# pynetdicom wrote as it arrived. Files are read in chunks, never whole.
+Received = bytes | Path
+
+# pynetdicom's temporary files (tempfile.NamedTemporaryFile, suffix ".dcm")
+# in the incoming folder; one left behind was never acknowledged.
+RECEIVING_PATTERN = "tmp*.dcm"
+CHUNK_BYTES = 1024 * 1024
+
+
+def received_size(content: Received) -> int:
+    return len(content) if isinstance(content, bytes) else content.stat().st_size
+
+
+def received_head(content: Received, length: int) -> bytes:
+    """The first ``length`` bytes (fewer if there are fewer)."""
+    if isinstance(content, bytes):
+        return content[:length]
+    with content.open("rb") as handle:
+        return handle.read(length)
+
+
+def received_chunks(content: Received, start: int = 0) -> Iterator[bytes]:
+    """The bytes from ``start`` on, a chunk at a time."""
+    if isinstance(content, bytes):
+        for offset in range(start, len(content), CHUNK_BYTES):
+            yield content[offset : offset + CHUNK_BYTES]
+        return
+    with content.open("rb") as handle:
+        handle.seek(start)
+        while block := handle.read(CHUNK_BYTES):
+            yield block
+
+
+def received_sha256(content: Received) -> str:
+    digest = hashlib.sha256()
+    for block in received_chunks(content):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,27 +68,34 @@ class StoredFile:
 
 
 class Spool:
-    """The folders under ``root``: ``instances/``, ``quarantine/`` and ``incoming/``."""
+    """The folders under ``root``: ``instances/``, ``quarantine/`` and ``incoming/NODE/``.
 
-    def __init__(self, root: Path) -> None:
+    Files being received or written live in ``incoming/NODE`` (the host name
+    by default) until they are complete, so that on a spool shared by several
+    nodes one node's restart never removes another's files in flight.
+    """
+
+    def __init__(self, root: Path, node: str | None = None) -> None:
         self.root = Path(root)
         self.instances = self.root / "instances"
         self.quarantine_dir = self.root / "quarantine"
-        self.incoming = self.root / "incoming"
+        self.incoming = self.root / "incoming" / _safe_name(node or socket.gethostname())
         for folder in (self.instances, self.quarantine_dir, self.incoming):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def store(self, content: bytes, sop_instance_uid: str, sha256: str | None = None) -> StoredFile:
+    def store(
+        self, content: Received, sop_instance_uid: str, sha256: str | None = None
+    ) -> StoredFile:
         """Write ``content`` durably; the name never collides, even for duplicates."""
         key = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
         folder = self.instances / key[:2]
         folder.mkdir(exist_ok=True)
         final = folder / f"{key}-{uuid.uuid4().hex[:12]}.dcm"
         _write_durably(self.incoming, final, content)
-        digest = sha256 or hashlib.sha256(content).hexdigest()
-        return StoredFile(final, len(content), digest)
+        digest = sha256 or received_sha256(content)
+        return StoredFile(final, received_size(content), digest)
 
-    def quarantine(self, content: bytes, reason: str, calling_ae_title: str) -> Path:
+    def quarantine(self, content: Received, reason: str, calling_ae_title: str) -> Path:
         """Keep a rejected dataset with a JSON note of why it was rejected."""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{uuid.uuid4().hex[:12]}"
@@ -55,7 +105,7 @@ class Spool:
             "reason": reason,
             "calling_ae_title": calling_ae_title,
             "received_at": dt.datetime.now(dt.UTC).isoformat(),
-            "size_bytes": len(content),
+            "size_bytes": received_size(content),
         }
         _write_durably(
             self.incoming, path.with_suffix(".json"), json.dumps(note, indent=1).encode()
@@ -66,11 +116,13 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def remove_partial_writes(self) -> int:
-        """Delete temporary files left by a crash; none of them was acknowledged."""
+        """Delete temporary files left by a crash or an aborted association;
+        none of them was acknowledged."""
         removed = 0
-        for leftover in self.incoming.glob(".*.part"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        for pattern in (".*.part", RECEIVING_PATTERN):
+            for leftover in self.incoming.glob(pattern):
+                leftover.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def discard(self, stored: StoredFile) -> None:
@@ -78,14 +130,18 @@ class Spool:
         stored.path.unlink(missing_ok=True)
 
 
-def _write_durably(scratch: Path, final: Path, content: bytes) -> None:
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "node"
+
+
+def _write_durably(scratch: Path, final: Path, content: Received) -> None:
     temporary = scratch / f".{final.name}.{uuid.uuid4().hex}.part"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        view = memoryview(content)
-        while view:
-            written = os.write(descriptor, view)
-            view = view[written:]
+        for block in received_chunks(content):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(descriptor, view) :]
         os.fsync(descriptor)
     finally:
         os.close(descriptor)

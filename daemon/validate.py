@@ -10,60 +10,72 @@ from __future__ import annotations
 
 import zlib
 from io import BytesIO
+from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from daemon.errors import IngestError
+from daemon.spool import Received, received_chunks, received_head, received_size
 from daemon.status import Status
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 # Larger than any OCT volume or radiograph we expect; a deflate bomb is not.
 MAX_DATASET_BYTES = 512 * 1024 * 1024
 MAX_SAMPLES = 512 * 1024 * 1024  # rows x columns x frames x samples per pixel
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_TAGS = frozenset(Tag(keyword) for keyword in PIXEL_KEYWORDS)
+# Values larger than this are left in the received buffer, not copied: the
+# checks need only the pixel data's length and where it lies.
+DEFER_BYTES = 1024 * 1024
 
 
-def dataset_offset(content: bytes) -> int:
+# The file meta group is a few hundred bytes; this is far more than enough.
+HEAD_BYTES = 64 * 1024
+
+
+def dataset_offset(head: bytes) -> int:
     """Where the dataset starts after the preamble and the file meta group."""
-    if content[128:132] != b"DICM":
+    if head[128:132] != b"DICM":
         return 0
     position = 132
     # File meta elements are explicit VR little endian (PS3.10 7.1).
-    while position + 8 <= len(content) and content[position : position + 2] == b"\x02\x00":
-        vr = content[position + 4 : position + 6]
+    while position + 8 <= len(head) and head[position : position + 2] == b"\x02\x00":
+        vr = head[position + 4 : position + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length = int.from_bytes(content[position + 8 : position + 12], "little")
+            length = int.from_bytes(head[position + 8 : position + 12], "little")
             position += 12 + length
         else:
-            length = int.from_bytes(content[position + 6 : position + 8], "little")
+            length = int.from_bytes(head[position + 6 : position + 8], "little")
             position += 8 + length
     return position
 
 
-def check_inflated_size(content: bytes, limit: int = MAX_DATASET_BYTES) -> None:
+def check_inflated_size(content: Received, limit: int = MAX_DATASET_BYTES) -> None:
     """Refuse a deflated dataset that would inflate beyond ``limit`` bytes."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    remaining = memoryview(content)[dataset_offset(content) :]
     total = 0
     try:
-        chunk = inflater.decompress(remaining, 1 << 20)
-        total += len(chunk)
-        while inflater.unconsumed_tail and total <= limit:
-            chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
-            total += len(chunk)
+        for block in received_chunks(content, dataset_offset(received_head(content, HEAD_BYTES))):
+            pending = block
+            while pending:
+                total += len(inflater.decompress(pending, 1 << 20))
+                if total > limit:
+                    raise IngestError(
+                        f"The deflated dataset inflates beyond {limit} bytes; refused.",
+                        Status.CANNOT_UNDERSTAND,
+                    )
+                pending = inflater.unconsumed_tail
     except zlib.error as exc:
         raise IngestError(
             f"The deflated dataset is corrupt: {exc}", Status.CANNOT_UNDERSTAND
         ) from exc
-    if total > limit:
-        raise IngestError(
-            f"The deflated dataset inflates beyond {limit} bytes; refused.",
-            Status.CANNOT_UNDERSTAND,
-        )
 
 
-def _check_geometry(dataset: Dataset) -> None:
+def _check_geometry(dataset: Dataset, size: int) -> None:
     try:
         rows = int(dataset.Rows)
         columns = int(dataset.Columns)
@@ -83,16 +95,29 @@ def _check_geometry(dataset: Dataset) -> None:
             f"exceeds {MAX_SAMPLES} samples; refused.",
             Status.CANNOT_UNDERSTAND,
         )
-    element = dataset.get_item("PixelData")
-    if element is None or getattr(element, "is_undefined_length", False):
-        return  # encapsulated (compressed) pixel data: fragments, not a fixed length
-    value = element.value
-    if value is None:
+    # A deflated dataset is inflated in memory and its offsets are in the
+    # inflated stream, so there the value is read and measured.
+    meta = getattr(dataset, "file_meta", None)
+    deflated = meta is not None and meta.get("TransferSyntaxUID", "") == DEFLATED
+    element = dataset.get_item("PixelData", keep_deferred=not deflated)
+    if element is None:
         return
+    if isinstance(element, RawDataElement):
+        if element.length == UNDEFINED_LENGTH:
+            return  # encapsulated (compressed) pixel data: fragments, not a fixed length
+        if element.value is None:
+            # Deferred: the declared length, as far as the buffer really holds it.
+            held = min(element.length, max(size - element.value_tell, 0))
+        else:
+            held = len(element.value)
+    else:
+        if element.is_undefined_length or element.value is None:
+            return
+        held = len(element.value)
     expected = (declared * bits + 7) // 8
-    if len(value) < expected:
+    if held < expected:
         raise IngestError(
-            f"Pixel Data holds {len(value)} bytes but the image needs {expected}.",
+            f"Pixel Data holds {held} bytes but the image needs {expected}.",
             Status.CANNOT_UNDERSTAND,
         )
 
@@ -118,7 +143,7 @@ def coercion_warnings(dataset: Dataset) -> list[str]:
 
 
 def parse_header(
-    content: bytes,
+    content: Received,
     affected_sop_instance_uid: str,
     negotiated_sop_class_uid: str | None = None,
     transfer_syntax_uid: str | None = None,
@@ -127,10 +152,14 @@ def parse_header(
     if transfer_syntax_uid == DEFLATED:
         check_inflated_size(content)
     try:
-        dataset = dcmread(BytesIO(content))
-        # Touch every top-level element so that a malformed one fails here.
-        for _element in dataset:
-            pass
+        source = content if isinstance(content, Path) else BytesIO(content)
+        dataset = dcmread(source, defer_size=DEFER_BYTES)
+        # Touch every top-level element so that a malformed one fails here;
+        # the pixel data stays where it is (its length is checked below).
+        # (Iterating a Dataset would convert every element, deferred ones too.)
+        for tag in dataset.keys():  # noqa: SIM118
+            if tag not in PIXEL_TAGS:
+                dataset[tag]
     except Exception as exc:
         raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -150,5 +179,5 @@ def parse_header(
             f"The dataset is a {dataset.SOPClassUID} but was sent as {negotiated_sop_class_uid}.",
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
-    _check_geometry(dataset)
+    _check_geometry(dataset, received_size(content))
     return dataset

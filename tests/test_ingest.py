@@ -54,7 +54,11 @@ def test_spool_writes_and_quarantines(tmp_path: Path, phantom_bytes: bytes) -> N
     kept = spool.quarantine(b"junk", "Cannot parse the dataset", "SCANNER")
     assert kept.read_bytes() == b"junk"
     assert "Cannot parse" in kept.with_suffix(".json").read_text()
-    assert list((tmp_path / "incoming").iterdir()) == []
-    (tmp_path / "incoming" / ".x.dcm.abc.part").write_bytes(b"half")
-    assert spool.remove_partial_writes() == 1
-    assert list((tmp_path / "incoming").iterdir()) == []
+    assert list(spool.incoming.iterdir()) == []
+    (spool.incoming / ".x.dcm.abc.part").write_bytes(b"half")
+    (spool.incoming / "tmpa1b2c3.dcm").write_bytes(b"half a received dataset")
+    other_node = Spool(tmp_path, node="other-host")
+    (other_node.incoming / "tmpd4e5f6.dcm").write_bytes(b"in flight on another node")
+    assert spool.remove_partial_writes() == 2
+    assert list(spool.incoming.iterdir()) == []
+    assert [p.name for p in other_node.incoming.iterdir()] == ["tmpd4e5f6.dcm"]
