@@ -157,6 +157,16 @@ class TriageDaemon:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
 
+    def wait_for_reported_studies(self, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` studies are reported; fail with the log if they are not."""
+        database = self.database()
+        deadline = time.monotonic() + timeout
+        query = "select count(*) from studies where state = 'reported'"
+        while database.execute(query).fetchone() != (count,):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} studies were not reported in time\n{self.log}")
+            time.sleep(0.3)
+
     def findscu_worklist(self, out_dir: Path, *keys: str) -> subprocess.CompletedProcess[str]:
         """A Modality Worklist C-FIND by dcmtk; answers are written as rsp*.dcm in out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from daemon.inference import Classifier
 from daemon.occlusion import OcclusionMap, occlusion_map, peak, peak_in_lesion
 from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
+from tests.peers import TriageDaemon
 
 LOCALISED_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
 
@@ -115,21 +117,13 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
 ) -> None:
     """A map that keeps failing rests between tries, so with a queue of one
     the next image still gets its map; the failure is logged once, not every poll."""
-    import time
-
-    from tests.peers import TriageDaemon
-
     files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=71).rglob("*.dcm"))
     daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_OCCLUSION_ENABLED="false")
     daemon.start()
     database = daemon.database()
     try:
         assert daemon.storescu(files).returncode == 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and database.execute(
-            "select count(*) from studies where state = 'reported'"
-        ).fetchone() != (len(files),):
-            time.sleep(0.3)
+        daemon.wait_for_reported_studies(len(files))
     finally:
         assert daemon.stop() == 0, daemon.log
     mapped = database.execute(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,10 @@ def test_purge_keeps_or_drops_results(tmp_path: Path, model_dirs: dict[str, Path
     files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=98).rglob("*.dcm"))
     daemon = TriageDaemon(tmp_path / "state", model_dirs)
     daemon.start()
+    database = daemon.database()
     try:
         assert daemon.storescu(files).returncode == 0
-        database = daemon.database()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and database.execute(
-            "select count(*) from studies where state = 'reported'"
-        ).fetchone() != (len(files),):
-            time.sleep(0.3)
+        daemon.wait_for_reported_studies(len(files))
     finally:
         assert daemon.stop() == 0, daemon.log
     spool = tmp_path / "state" / "spool" / "instances"
