@@ -167,6 +167,16 @@ class TriageDaemon:
                 raise AssertionError(f"{count} studies were not reported in time\n{self.log}")
             time.sleep(0.3)
 
+    def report_and_stop(self, studies: Sequence[Path]) -> None:
+        """Start, push single-image ``studies``, wait until each is reported, stop cleanly."""
+        self.start()
+        try:
+            sent = self.storescu(studies)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            self.wait_for_reported_studies(len(studies))
+        finally:
+            assert self.stop() == 0, self.log
+
     def findscu_worklist(self, out_dir: Path, *keys: str) -> subprocess.CompletedProcess[str]:
         """A Modality Worklist C-FIND by dcmtk; answers are written as rsp*.dcm in out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)
