@@ -278,6 +278,8 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             if explainer is not None:
                 explainer.classifiers, explainer.settings = classifiers, settings
             notify("READY=1")
+        if stale := spool.remove_stale_receives():
+            logger.warning("Removed %d file(s) of transfers that were aborted", stale)
         alive = workers_healthy(pipeline, reporter, explainer)
         snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
         write_status(settings.state_dir, snapshot)

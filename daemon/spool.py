@@ -7,6 +7,7 @@ success tells the sender it may delete its copy).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,8 @@ Received = bytes | Path
 # in the incoming folder; one left behind was never acknowledged.
 RECEIVING_PATTERN = "tmp*.dcm"
 CHUNK_BYTES = 1024 * 1024
+# A file in incoming/ untouched for this long belongs to no live transfer.
+STALE_SECONDS = 3600.0
 
 
 def received_size(content: Received) -> int:
@@ -123,6 +127,23 @@ class Spool:
             for leftover in self.incoming.glob(pattern):
                 leftover.unlink(missing_ok=True)
                 removed += 1
+        return removed
+
+    def remove_stale_receives(self, older_than_seconds: float = STALE_SECONDS) -> int:
+        """Delete files of transfers that stopped long ago.
+
+        pynetdicom leaves the file of a dataset whose association was aborted
+        mid-transfer; a live transfer writes to its file with every packet,
+        and the network timeout ends a silent one long before this age.
+        """
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for pattern in (".*.part", RECEIVING_PATTERN):
+            for leftover in self.incoming.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    if leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
+                        removed += 1
         return removed
 
     def discard(self, stored: StoredFile) -> None:

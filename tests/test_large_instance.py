@@ -1,7 +1,10 @@
-"""A large image is received into the spool as it arrives, not held in memory."""
+"""Large images: received into the spool as they arrive, not held in memory;
+the file of a transfer cut off midway is cleaned up."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,8 +13,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from daemon.spool import RECEIVING_PATTERN, STALE_SECONDS, Spool
 from dicom_io.phantom_files import write_dicom_studies
-from tests.peers import TriageDaemon
+from tests.peers import TriageDaemon, run_tool
 
 pytestmark = pytest.mark.network
 
@@ -25,22 +29,27 @@ def _peak_memory_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_a_large_image_is_stored_without_holding_it_in_memory(
-    tmp_path: Path, model_dirs: dict[str, Path]
-) -> None:
-    source = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=96).rglob("*.dcm"))[0]
+def _large_image(folder: Path, pixels: np.ndarray) -> Path:
+    """An 8192 x 8192 radiograph of a hand: no model applies, so the daemon
+    stores it and skips it without decoding, and its memory shows the
+    receiving alone."""
+    source = sorted(write_dicom_studies("cxr", folder / "src", 1, seed=96).rglob("*.dcm"))[0]
     dataset = dcmread(source)
-    pixels = (np.arange(SIDE * SIDE, dtype=np.uint32) % 4093).astype(np.uint16)
     dataset.Rows = dataset.Columns = SIDE
     dataset.PixelData = pixels.tobytes()
-    # No model applies to a hand: the image is stored, then skipped without
-    # being decoded, so the daemon's memory shows the receiving alone.
     dataset.BodyPartExamined = "HAND"
     dataset.SOPInstanceUID = generate_uid()
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    large = tmp_path / "large.dcm"
+    large = folder / "large.dcm"
     dataset.save_as(large, enforce_file_format=True)
-    del dataset
+    return large
+
+
+def test_a_large_image_is_stored_without_holding_it_in_memory(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    pixels = (np.arange(SIDE * SIDE, dtype=np.uint32) % 4093).astype(np.uint16)
+    large = _large_image(tmp_path, pixels)
     size_mib = large.stat().st_size / 2**20
 
     daemon = TriageDaemon(tmp_path / "state", model_dirs)
@@ -72,3 +81,42 @@ def test_a_large_image_is_stored_without_holding_it_in_memory(
     )
     incoming = tmp_path / "state" / "spool" / "incoming"
     assert [path for path in incoming.rglob("*") if path.is_file()] == []
+
+
+def test_the_file_of_an_aborted_transfer_is_removed_once_stale(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    large = _large_image(tmp_path, np.zeros(SIDE * SIDE, dtype=np.uint16))
+    daemon = TriageDaemon(tmp_path / "state", model_dirs)
+    daemon.start()
+    incoming = Spool(tmp_path / "state" / "spool").incoming
+    try:
+        calling = ["-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)]
+        scanner = subprocess.Popen(
+            ["storescu", *calling, str(large)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(incoming.glob(RECEIVING_PATTERN)):
+            time.sleep(0.01)
+        scanner.kill()  # the association drops mid-transfer
+        scanner.wait()
+        time.sleep(2)
+        # pynetdicom leaves the half-received file behind.
+        (left,) = list(incoming.glob(RECEIVING_PATTERN))
+        fresh = incoming / "tmpfresh.dcm"
+        fresh.write_bytes(b"a transfer still in progress")
+        an_hour_and_more_ago = time.time() - STALE_SECONDS - 60
+        os.utime(left, (an_hour_and_more_ago, an_hour_and_more_ago))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and left.exists():
+            time.sleep(0.2)
+        assert not left.exists(), daemon.log
+        assert fresh.exists()
+        assert "Removed 1 file(s) of transfers that were aborted" in daemon.log
+        echo = run_tool(["echoscu", *calling])
+        assert echo.returncode == 0
+    finally:
+        assert daemon.stop() == 0, daemon.log
+    assert daemon.database().execute("select count(*) from instances").fetchone() == (0,)
