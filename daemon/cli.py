@@ -285,6 +285,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"dead letters {snapshot['dead_letters']}, spool free "
             f"{snapshot['spool_free_bytes'] / 1e9:.1f} GB"
         )
+        if occlusion := snapshot.get("occlusion"):
+            print(
+                f"  occlusion maps: queued {occlusion['queued']}, failed and waiting to retry "
+                f"{occlusion['retrying']}, given up {occlusion['given_up']}"
+            )
         print(f"  last error: {snapshot['last_error'] or 'none'}")
         for problem in problems:
             print(f"  problem: {problem}")

@@ -163,6 +163,16 @@ class Explainer:
                 with self._lock:
                     self.in_flight.discard(instance_id)
 
+    def counts(self, now: float) -> dict[str, int]:
+        """For the status file: maps queued, failed ones waiting to retry, given up."""
+        with self._lock:
+            waits = [not_before for _tries, not_before in self.failures.values()]
+        return {
+            "queued": self.work.qsize(),
+            "retrying": sum(1 for t in waits if now < t < float("inf")),
+            "given_up": sum(1 for t in waits if t == float("inf")),
+        }
+
     def resting(self, now: float) -> set[int]:
         """Failed images not to be tried again yet (or at all)."""
         with self._lock:

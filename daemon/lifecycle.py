@@ -103,6 +103,7 @@ def _snapshot(
     sessions: sessionmaker[Session],
     last_error: LastError,
     workers_alive: bool,
+    explainer: Explainer | None,
 ) -> dict[str, Any]:
     with sessions() as session:
         pending, failed = queries.delivery_counts(session)
@@ -124,6 +125,7 @@ def _snapshot(
         "outbox_pending": pending,
         "dead_letters": failed,
         "spool_free_bytes": spool.free_bytes(),
+        "occlusion": explainer.counts(time.monotonic()) if explainer is not None else None,
         "workers_alive": workers_alive,
         "last_error": last_error.message,
         "last_error_at": last_error.at,
@@ -266,7 +268,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     exit_code = ExitCode.OK
-    snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True)
+    snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True, explainer)
     write_status(settings.state_dir, snapshot)
     while not shutdown_requested.wait(tick):
         if reload_requested.is_set():
@@ -281,7 +283,9 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         if stale := spool.remove_stale_receives():
             logger.warning("Removed %d file(s) of transfers that were aborted", stale)
         alive = workers_healthy(pipeline, reporter, explainer)
-        snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, alive)
+        snapshot = _snapshot(
+            settings, classifiers, work, spool, sessions, last_error, alive, explainer
+        )
         write_status(settings.state_dir, snapshot)
         metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
         metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])

@@ -142,6 +142,9 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
             ).fetchall()
         assert made, daemon.log
         time.sleep(3)  # several more polls
+        status = json.loads(daemon.triage("status", "--json").stdout)["status"]
+        assert status["occlusion"] == {"queued": 0, "retrying": 1, "given_up": 0}
+        assert "failed and waiting to retry 1" in daemon.triage("status").stdout
     finally:
         assert daemon.stop() == 0, daemon.log
     failures = [line for line in daemon.lines if f"map of instance {damaged_id} failed" in line]
