@@ -137,16 +137,19 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
         return exc.status
 
     uid = str(header.SOPInstanceUID)
-    digest = received_sha256(content)
+    digest: str | None = None
     with context.sessions() as session:
         existing = queries.find_instance(session, uid)
+        if existing is not None and context.duplicate_policy == "replace_if_different":
+            digest = received_sha256(content)
         if existing is not None and (
             context.duplicate_policy == "keep_first" or existing.sha256 == digest
         ):
             logger.info("Duplicate instance from %s: the first copy is kept", calling)
             return Status.SUCCESS
         replaced_path = existing.path if existing is not None else None
-    # The digest is computed once per instance, here, on the association thread.
+    # Each instance is read for its digest once: here for a duplicate that may
+    # replace the first copy, otherwise while the spool copies it.
     stored = context.spool.store(content, uid, digest)
     try:
         with context.sessions() as session, session.begin():

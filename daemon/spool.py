@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # A received dataset with its file meta: bytes in memory, or the file that
 # pynetdicom wrote as it arrived. Files are read in chunks, never whole.
@@ -95,9 +96,10 @@ class Spool:
         folder = self.instances / key[:2]
         folder.mkdir(exist_ok=True)
         final = folder / f"{key}-{uuid.uuid4().hex[:12]}.dcm"
-        _write_durably(self.incoming, final, content)
-        digest = sha256 or received_sha256(content)
-        return StoredFile(final, received_size(content), digest)
+        # Without a digest in hand, it is computed in the same pass as the copy.
+        digest = hashlib.sha256()
+        _write_durably(self.incoming, final, content, digest if sha256 is None else None)
+        return StoredFile(final, received_size(content), sha256 or digest.hexdigest())
 
     def quarantine(self, content: Received, reason: str, calling_ae_title: str) -> Path:
         """Keep a rejected dataset with a JSON note of why it was rejected."""
@@ -155,11 +157,16 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "node"
 
 
-def _write_durably(scratch: Path, final: Path, content: Received) -> None:
+def _write_durably(
+    scratch: Path, final: Path, content: Received, digest: Any | None = None
+) -> None:
+    """Write, fsync, rename into place, fsync the folder; update ``digest`` on the way."""
     temporary = scratch / f".{final.name}.{uuid.uuid4().hex}.part"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         for block in received_chunks(content):
+            if digest is not None:
+                digest.update(block)
             view = memoryview(block)
             while view:
                 view = view[os.write(descriptor, view) :]
