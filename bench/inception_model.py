@@ -8,7 +8,6 @@ it needs the ``train`` extra.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,10 @@ import onnxruntime as ort
 
 from daemon.device_binding import DeviceBinding
 from daemon.inference import CUDA, create_session
+from daemon.occlusion import Predict
 
 SIZE = 299
 CLASSES = 4
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def random_inception_v3(device: str) -> tuple[ort.InferenceSession, str]:

@@ -18,7 +18,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,11 +27,11 @@ from inception_model import SIZE, bound_predict, plain_predict, random_inception
 
 from daemon.demo import ensure_models
 from daemon.inference import Classifier
+from daemon.occlusion import Predict
 from daemon.pipeline import classify_file
 from dicom_io.phantom_files import write_dicom_studies
 
 BATCH_SIZES = (1, 8, 32, 64)
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def images_per_second(predict: Predict, batch: np.ndarray, repeats: int) -> float:

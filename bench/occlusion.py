@@ -23,7 +23,6 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +35,7 @@ from daemon.inference import CUDA, Classifier
 from daemon.occlusion import (
     BATCH,
     OcclusionMap,
+    Predict,
     grid_positions,
     occlusion_map,
     peak,
@@ -45,7 +45,6 @@ from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
 
 LESION_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
-Predict = Callable[[np.ndarray], np.ndarray]
 MODES = (("grid", 20), ("grid", 10), ("grid", 4), ("grid", 1), ("fast", 1))
 
 
@@ -163,25 +162,27 @@ def localisation(models: Path, per_class: int, device: str) -> None:
     print(f"  {'all':<9} {sum(total)}/{len(total)} = {sum(total) / len(total):.0%}")
 
 
-def inception_predictor(package: Path | None, device: str) -> tuple[Predict, str, int]:
-    """(predict, provider, input size), with I/O binding on CUDA as the daemon does."""
-    if package is not None:
-        classifier = Classifier(package, device=device)
-        return classifier.predict, classifier.provider, classifier.manifest.input.height
-    session, provider = random_inception_v3(device)
-    if provider == CUDA:
-        return bound_predict(session, provider), provider, SIZE
-    return plain_predict(session), provider, SIZE
+def inception_under_test(package: Path | None, device: str) -> tuple[Predict, str, np.ndarray]:
+    """(predict, provider, one model input), with I/O binding on CUDA as the daemon does.
 
-
-def inception_table(package: Path | None, device: str, budget: float) -> None:
-    predict, provider, size = inception_predictor(package, device)
+    A trained package gets one of its own modality's urgent phantoms; the
+    random-weights model a random image.
+    """
     if package is not None:
         classifier = Classifier(package, device=device)
         modality = classifier.manifest.modality.value
         image = phantom_inputs(classifier, modality, 1, seed=5)[0]
-    else:
-        image = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+        return classifier.predict, classifier.provider, image
+    session, provider = random_inception_v3(device)
+    image = np.random.default_rng(0).random((SIZE, SIZE, 3)).astype(np.float32)
+    if provider == CUDA:
+        return bound_predict(session, provider), provider, image
+    return plain_predict(session), provider, image
+
+
+def inception_table(package: Path | None, device: str, budget: float) -> None:
+    predict, provider, image = inception_under_test(package, device)
+    size = image.shape[0]
     predict(np.repeat(image[None], BATCH, axis=0))  # warm-up: kernels, buffers
     deadline = time.perf_counter() + budget
     started = time.perf_counter()

@@ -198,20 +198,30 @@ class TriageDaemon:
             ]
         )
 
+    def storescu_command(self, files: Sequence[Path], *options: str) -> list[str]:
+        """dcmtk's storescu as the scanner SCANNER, sending ``files`` to this daemon."""
+        return [
+            "storescu",
+            *options,
+            "-aet",
+            "SCANNER",
+            "-aec",
+            "TRIAGE",
+            "127.0.0.1",
+            str(self.port),
+            *map(str, files),
+        ]
+
     def storescu(self, files: Sequence[Path], *options: str) -> subprocess.CompletedProcess[str]:
-        return run_tool(
-            [
-                "storescu",
-                *options,
-                "-aet",
-                "SCANNER",
-                "-aec",
-                "TRIAGE",
-                "127.0.0.1",
-                str(self.port),
-                *map(str, files),
-            ]
-        )
+        return run_tool(self.storescu_command(files, *options))
+
+    def peak_memory_mib(self) -> float:
+        """The daemon process's peak resident memory so far (VmHWM)."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM")
 
 
 class Orthanc:

@@ -147,13 +147,6 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str, set[int] | None, str]]
 ]
 
 
-def _peak_memory_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_hostile_corpus(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     good = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=97).rglob("*.dcm"))[0]
     daemon = TriageDaemon(tmp_path / "state", model_dirs)
@@ -193,7 +186,7 @@ def test_hostile_corpus(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
         stored = daemon.database().execute("select patient_name from patients").fetchall()
         assert len(stored) == 1 and len(stored[0][0]) <= 324
 
-        peak_mib = _peak_memory_kib(daemon.process.pid) / 1024
+        peak_mib = daemon.peak_memory_mib()
         print(f"\npeak daemon memory after the corpus (1 GiB deflate bomb): {peak_mib:.0f} MiB")
         assert peak_mib < 900
     finally:

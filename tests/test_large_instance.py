@@ -15,18 +15,11 @@ from pydicom.uid import generate_uid
 
 from daemon.spool import RECEIVING_PATTERN, STALE_SECONDS, Spool
 from dicom_io.phantom_files import write_dicom_studies
-from tests.peers import TriageDaemon, run_tool
+from tests.peers import TriageDaemon, dcmtk_env, run_tool
 
 pytestmark = pytest.mark.network
 
 SIDE = 8192  # 8192 x 8192 x 16 bits: 128 MiB of pixel data
-
-
-def _peak_memory_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def _large_image(folder: Path, pixels: np.ndarray) -> Path:
@@ -57,7 +50,7 @@ def test_a_large_image_is_stored_without_holding_it_in_memory(
     assert daemon.process is not None
     database = daemon.database()
     try:
-        before = _peak_memory_mib(daemon.process.pid)
+        before = daemon.peak_memory_mib()
         sent = daemon.storescu([large])
         assert sent.returncode == 0, sent.stdout + sent.stderr
         deadline = time.monotonic() + 60
@@ -68,7 +61,7 @@ def test_a_large_image_is_stored_without_holding_it_in_memory(
                 break
             time.sleep(0.3)
         assert state is not None and state[0] == "skipped", daemon.log
-        growth = _peak_memory_mib(daemon.process.pid) - before
+        growth = daemon.peak_memory_mib() - before
         print(f"\npeak daemon memory grew by {growth:.0f} MiB receiving a {size_mib:.0f} MiB image")
         # Held in memory even once, the image alone would add 128 MiB.
         assert growth < size_mib / 4
@@ -91,9 +84,9 @@ def test_the_file_of_an_aborted_transfer_is_removed_once_stale(
     daemon.start()
     incoming = Spool(tmp_path / "state" / "spool").incoming
     try:
-        calling = ["-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)]
         scanner = subprocess.Popen(
-            ["storescu", *calling, str(large)],
+            daemon.storescu_command([large]),
+            env=dcmtk_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -115,7 +108,9 @@ def test_the_file_of_an_aborted_transfer_is_removed_once_stale(
         assert not left.exists(), daemon.log
         assert fresh.exists()
         assert "Removed 1 file(s) of transfers that were aborted" in daemon.log
-        echo = run_tool(["echoscu", *calling])
+        echo = run_tool(
+            ["echoscu", "-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)]
+        )
         assert echo.returncode == 0
     finally:
         assert daemon.stop() == 0, daemon.log

@@ -45,16 +45,7 @@ def test_two_nodes_one_database(tmp_path: Path, model_dirs: dict[str, Path]) -> 
             node.start()
         senders = [
             subprocess.Popen(
-                [
-                    "storescu",
-                    "-aet",
-                    "SCANNER",
-                    "-aec",
-                    "TRIAGE",
-                    "127.0.0.1",
-                    str(node.port),
-                    *map(str, files[n::2]),
-                ],
+                node.storescu_command(files[n::2]),
                 env=dcmtk_env(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
