@@ -47,10 +47,9 @@ def render_sc(
     path: Path, classifier: Classifier, label: str, frame_number: int | None, settings: Settings
 ) -> tuple[bytes, str, OcclusionMap]:
     """Compute the map of one image; return (SC bytes, SOP Instance UID, map)."""
-    if frame_number is not None and frame_number != decode_instance(path).frame_number:
+    decoded = decode_instance(path)
+    if frame_number is not None and frame_number != decoded.frame_number:
         decoded = decode_all_frames(path)[frame_number - 1]
-    else:
-        decoded = decode_instance(path)
     occlusion = settings.occlusion
     result = occlusion_map(
         classifier.predict,
