@@ -37,7 +37,7 @@ from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
 from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
-from daemon.spool import Received, Spool, received_sha256
+from daemon.spool import Received, Spool, StoredFile, received_sha256
 from daemon.status import Status
 from daemon.validate import coercion_warnings, parse_header
 from storage import queries
@@ -152,28 +152,16 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
     # replace the first copy, otherwise while the spool copies it.
     stored = context.spool.store(content, uid, digest)
     try:
-        with context.sessions() as session, session.begin():
-            fields: dict[str, Any] = {
-                "transfer_syntax_uid": str(event.context.transfer_syntax),
-                "path": str(stored.path),
-                "size_bytes": stored.size_bytes,
-                "sha256": stored.sha256,
-                "calling_ae_title": calling,
-            }
-            if replaced_path is None:
-                instance = queries.record_instance(session, header, **fields)
-            else:
-                instance = queries.replace_instance(session, uid, **fields)
-                logger.info(
-                    "Instance %d replaced by a different copy from %s", instance.id, calling
-                )
-            instance_id = instance.id
-    except IntegrityError:
-        # Another association stored the same SOP Instance UID first.
+        instance_id = _record(context, header, stored, event, calling, replaced_path)
+    except _StoredFirstElsewhere:
+        # Another association recorded the same SOP Instance UID first (it is
+        # in the database now, checked): this copy is a duplicate.
         context.spool.discard(stored)
         logger.info("Duplicate instance from %s: the first copy is kept", calling)
         return Status.SUCCESS
     except Exception:
+        # Never SUCCESS for an instance that is not recorded: the sender
+        # keeps it and sends it again.
         context.spool.discard(stored)
         logger.exception("Cannot record an instance from %s", calling)
         return Status.PROCESSING_FAILURE
@@ -190,6 +178,56 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
         logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
         return Status.COERCION_OF_DATA_ELEMENTS
     return Status.SUCCESS
+
+
+class _StoredFirstElsewhere(Exception):
+    """The instance's row exists: another association recorded it first."""
+
+
+RECORD_ATTEMPTS = 3
+
+
+def _record(
+    context: IngestContext,
+    header: Any,
+    stored: StoredFile,
+    event: Any,
+    calling: str,
+    replaced_path: str | None,
+) -> int:
+    """Commit the instance's row; return its id.
+
+    An ``IntegrityError`` means a duplicate only if the SOP Instance UID is
+    then really found; anything else (a constraint raced by another writer)
+    is tried again, and after ``RECORD_ATTEMPTS`` raised to the caller.
+    """
+    uid = str(header.SOPInstanceUID)
+    fields: dict[str, Any] = {
+        "transfer_syntax_uid": str(event.context.transfer_syntax),
+        "path": str(stored.path),
+        "size_bytes": stored.size_bytes,
+        "sha256": stored.sha256,
+        "calling_ae_title": calling,
+    }
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            with context.sessions() as session, session.begin():
+                if replaced_path is None:
+                    instance = queries.record_instance(session, header, **fields)
+                else:
+                    instance = queries.replace_instance(session, uid, **fields)
+                    logger.info(
+                        "Instance %d replaced by a different copy from %s", instance.id, calling
+                    )
+                return instance.id
+        except IntegrityError:
+            with context.sessions() as session:
+                if replaced_path is None and queries.find_instance(session, uid) is not None:
+                    raise _StoredFirstElsewhere from None
+            if attempt == RECORD_ATTEMPTS:
+                raise
+            logger.warning("Recording an instance from %s collided; trying again", calling)
+    raise AssertionError("unreachable")
 
 
 def handle_echo(_event: Any) -> int:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Collection, Sequence
 
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from dicom_io.codes import Referral
 from storage.models import (
+    Base,
     Delivery,
     DeliveryState,
     Instance,
@@ -30,6 +34,9 @@ from storage.models import (
     StudyState,
     utcnow,
 )
+
+# Issuer given to the patient row of a study whose images have no Patient ID.
+NO_PATIENT_ID_ISSUER = "no-patient-id:"
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
@@ -82,41 +89,67 @@ def record_instance(
     sha256: str,
     calling_ae_title: str,
 ) -> Instance:
-    """Add a received instance with its patient, study and series rows."""
-    patient = _get_or_create_patient(session, header)
-    study = session.scalar(select(Study).where(Study.study_instance_uid == header.StudyInstanceUID))
+    """Add a received instance with its patient, study and series rows.
+
+    The images of one new study often arrive over several associations at
+    once, so the patient, study and series rows are created race-free
+    (``INSERT ... ON CONFLICT DO NOTHING``, then read back): whichever
+    association comes first creates them and the others use them. Only the
+    instance's own insert can fail, and only for a second copy of the same
+    SOP Instance UID.
+    """
     now = utcnow()
-    if study is None:
-        study = Study(
-            study_instance_uid=str(header.StudyInstanceUID),
-            patient=patient,
-            accession_number=_text(header, "AccessionNumber", 16),
-            study_id=_text(header, "StudyID", 16),
-            study_date=_text(header, "StudyDate", 8),
-            study_time=_text(header, "StudyTime", 32),
-            study_description=_text(header, "StudyDescription", 324),
-            referring_physician_name=_text(header, "ReferringPhysicianName", 324),
-            first_received_at=now,
-            last_received_at=now,
+    patient_id = _patient_key(header)
+    _insert_if_absent(
+        session,
+        Patient,
+        ("patient_id", "issuer_of_patient_id"),
+        patient_id=patient_id[0],
+        issuer_of_patient_id=patient_id[1],
+        patient_name=_text(header, "PatientName", 324),
+        birth_date=_text(header, "PatientBirthDate", 8),
+        sex=_text(header, "PatientSex", 16),
+    )
+    patient = session.scalars(
+        select(Patient).where(
+            Patient.patient_id == patient_id[0], Patient.issuer_of_patient_id == patient_id[1]
         )
-        session.add(study)
-    else:
+    ).one()
+    study_uid = str(header.StudyInstanceUID)
+    created = _insert_if_absent(
+        session,
+        Study,
+        ("study_instance_uid",),
+        study_instance_uid=study_uid,
+        patient_fk=patient.id,
+        accession_number=_text(header, "AccessionNumber", 16),
+        study_id=_text(header, "StudyID", 16),
+        study_date=_text(header, "StudyDate", 8),
+        study_time=_text(header, "StudyTime", 32),
+        study_description=_text(header, "StudyDescription", 324),
+        referring_physician_name=_text(header, "ReferringPhysicianName", 324),
+        first_received_at=now,
+        last_received_at=now,
+        state=StudyState.RECEIVING,
+    )
+    study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
+    if not created:
         study.last_received_at = now
         # A late instance reopens a reported study: it gets a new report.
         study.state = StudyState.RECEIVING
-    series = session.scalar(
-        select(Series).where(Series.series_instance_uid == header.SeriesInstanceUID)
+    series_uid = str(header.SeriesInstanceUID)
+    _insert_if_absent(
+        session,
+        Series,
+        ("series_instance_uid",),
+        series_instance_uid=series_uid,
+        study_fk=study.id,
+        modality=_text(header, "Modality", 16),
+        body_part_examined=_text(header, "BodyPartExamined", 64).upper(),
+        series_number=_text(header, "SeriesNumber", 12),
+        series_description=_text(header, "SeriesDescription", 324),
     )
-    if series is None:
-        series = Series(
-            series_instance_uid=str(header.SeriesInstanceUID),
-            study=study,
-            modality=_text(header, "Modality", 16),
-            body_part_examined=_text(header, "BodyPartExamined", 64).upper(),
-            series_number=_text(header, "SeriesNumber", 12),
-            series_description=_text(header, "SeriesDescription", 324),
-        )
-        session.add(series)
+    series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
     instance = Instance(
         sop_instance_uid=str(header.SOPInstanceUID),
         sop_class_uid=str(header.SOPClassUID),
@@ -135,24 +168,35 @@ def record_instance(
     return instance
 
 
-def _get_or_create_patient(session: Session, header: Dataset) -> Patient:
+def _insert_if_absent(
+    session: Session, model: type[Base], unique: Sequence[str], **values: object
+) -> bool:
+    """Insert a row unless one with the same ``unique`` columns exists; True if inserted.
+
+    ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key
+    to commit (PostgreSQL) or runs under SQLite's single writer, so the
+    caller can read the row back in the same transaction either way.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert_for(model).values(**values).on_conflict_do_nothing(index_elements=unique)
+    result = session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _patient_key(header: Dataset) -> tuple[str, str]:
+    """(Patient ID, issuer) for the patients table.
+
+    An image without a Patient ID gets a patient of its own study: images
+    with an empty Patient ID are no evidence of one person, and sharing a
+    row would show one patient's name on another's study.
+    """
     patient_id = _text(header, "PatientID", 64)
     issuer = _text(header, "IssuerOfPatientID", 64)
-    patient = session.scalar(
-        select(Patient).where(
-            Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer
-        )
-    )
-    if patient is None:
-        patient = Patient(
-            patient_id=patient_id,
-            issuer_of_patient_id=issuer,
-            patient_name=_text(header, "PatientName", 324),
-            birth_date=_text(header, "PatientBirthDate", 8),
-            sex=_text(header, "PatientSex", 16),
-        )
-        session.add(patient)
-    return patient
+    if not patient_id.strip():
+        study = hashlib.sha256(str(header.StudyInstanceUID).encode()).hexdigest()[:40]
+        return "", f"{NO_PATIENT_ID_ISSUER}{study}"
+    return patient_id, issuer
 
 
 def claim_instance(session: Session, instance_id: int) -> Instance | None:
