@@ -1,39 +1,71 @@
-"""Send stored objects to destinations by C-STORE, with retries.
+"""Deliver: send stored reports and maps to their destinations by C-STORE.
 
-Each delivery row is one object for one destination: an outbox. A failed
-attempt is retried after the next delay of the retry schedule
-(``[delivery] retry_schedule``, dcm4chee style, e.g. ``5x1m,12x5m,24x1h``);
-after the last one the row is dead-lettered (state ``failed``) until
-``triage outbox retry`` puts it back.
+Each delivery row is one object for one destination: an outbox. Every
+destination has its own worker, so a dead or silent PACS holds back only
+its own deliveries, never another destination's nor new reports. A worker
+leases a due row in a short transaction (counting the attempt), sends with
+no transaction open, then records the outcome. A failed attempt is retried
+after the next delay of the retry schedule (``[delivery] retry_schedule``,
+dcm4chee style, e.g. ``5x1m,12x5m,24x1h``); after the last one the row is
+dead-lettered (state ``failed``) until ``triage outbox retry`` puts it back.
+
+After ``BREAKER_FAILURES`` failures in a row a destination's circuit opens:
+its worker stops trying for a while (doubling up to ``BREAKER_MAX_SECONDS``)
+and the waiting rows keep their attempts, so an outage does not use up
+their retry schedule at full speed.
+
+Delivery is at least once: the C-STORE precedes the commit of its outcome,
+so a crash between the two sends the object again, with the same SOP
+Instance UID (a PACS keeps one copy).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
+from collections.abc import Callable
 from io import BytesIO
 
 from pydicom import dcmread
 from pynetdicom import AE
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.config import DeliverySettings
 from daemon.errors import DeliveryError
 from daemon.scp import set_nodelay
 from daemon.status import Status
-from storage.models import Delivery, DeliveryState, utcnow
+from daemon.worker import Backoff, Worker
+from storage import queries
+from storage.models import Delivery, DeliveryState
+
+# pynetdicom waits forever by default; a silent peer must not.
+CONNECT_TIMEOUT_SECONDS = 10.0
+ACSE_TIMEOUT_SECONDS = 15.0
+DIMSE_TIMEOUT_SECONDS = 30.0
+# Longer than one C-STORE can take with those timeouts.
+LEASE_SECONDS = 2 * (CONNECT_TIMEOUT_SECONDS + ACSE_TIMEOUT_SECONDS + DIMSE_TIMEOUT_SECONDS)
+BREAKER_FAILURES = 3
+BREAKER_MAX_SECONDS = 300.0
 
 logger = logging.getLogger(__name__)
 
 
 def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_title: str) -> None:
-    """Send one DICOM file's bytes; raise ``DeliveryError`` unless it succeeds."""
+    """Send one DICOM file's bytes; raise ``DeliveryError`` unless it succeeds.
+
+    Every wait is bounded: the TCP connection, the association and each
+    DIMSE message, so a peer that accepts connections and never answers
+    costs at most about a minute.
+    """
     dataset = dcmread(BytesIO(content))
     ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = 15
-    ae.dimse_timeout = 30
-    ae.network_timeout = 30
+    ae.connection_timeout = CONNECT_TIMEOUT_SECONDS
+    ae.acse_timeout = ACSE_TIMEOUT_SECONDS
+    ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
+    ae.network_timeout = DIMSE_TIMEOUT_SECONDS
     ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
     assoc = ae.associate(host, port, ae_title=ae_title, max_pdu=0)
     if not assoc.is_established:
@@ -44,7 +76,8 @@ def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_titl
         set_nodelay(assoc)
         status = assoc.send_c_store(dataset)
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
     code = int(getattr(status, "Status", -1)) if status else -1
     if code != Status.SUCCESS and not 0xB000 <= code <= 0xBFFF:
         raise DeliveryError(f"{ae_title}@{host}:{port} answered status 0x{code:04X}.")
@@ -54,47 +87,182 @@ def _kind(delivery: Delivery) -> str:
     return "report" if delivery.report_fk else "occlusion_map"
 
 
-def attempt(
-    session: Session, delivery: Delivery, settings: DeliverySettings, calling_ae_title: str
-) -> bool:
-    """Try one delivery once and record the outcome; True when delivered."""
-    delivery.attempts += 1
-    try:
-        c_store(
-            delivery.content,
+def record_outcome(
+    session: Session, delivery: Delivery, error: Exception | None, settings: DeliverySettings
+) -> None:
+    """Record one attempt's outcome (its attempt was counted when it was leased)."""
+    delivery.lease_until = None
+    if error is None:
+        metrics.OBJECTS_SENT.labels(_kind(delivery)).inc()
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = queries.database_now(session)
+        delivery.last_error = ""
+        logger.info("%s delivered to %s", delivery.object_name, delivery.ae_title)
+        return
+    metrics.OBJECTS_FAILED.labels(_kind(delivery)).inc()
+    delivery.last_error = str(error)[:2000]
+    delays = settings.delays
+    if delivery.attempts > len(delays):
+        delivery.state = DeliveryState.FAILED
+        logger.error(
+            "%s could not be delivered to %s after %d attempts: %s",
+            delivery.object_name,
             delivery.ae_title,
-            delivery.host,
-            delivery.port,
-            calling_ae_title,
+            delivery.attempts,
+            error,
         )
-    except Exception as exc:
-        metrics.OBJECTS_FAILED.labels(_kind(delivery)).inc()
-        delivery.last_error = str(exc)[:2000]
-        delays = settings.delays
-        if delivery.attempts > len(delays):
-            delivery.state = DeliveryState.FAILED
+        return
+    delay = delays[delivery.attempts - 1]
+    delivery.next_attempt_at = queries.database_now(session) + dt.timedelta(seconds=delay)
+    logger.warning(
+        "%s to %s failed (attempt %d), retrying in %.0f s: %s",
+        delivery.object_name,
+        delivery.ae_title,
+        delivery.attempts,
+        delay,
+        error,
+    )
+
+
+class CircuitBreaker:
+    """Stops trying a destination for a while after failures in a row."""
+
+    def __init__(self, failures: int = BREAKER_FAILURES, backoff: Backoff | None = None) -> None:
+        self.threshold = failures
+        self.backoff = backoff or Backoff(first=15.0, ceiling=BREAKER_MAX_SECONDS)
+        self.failures = 0
+        self.opened = 0
+        self.open_until = 0.0
+
+    def is_open(self, now: float) -> bool:
+        return now < self.open_until
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.opened = 0
+        self.open_until = 0.0
+
+    def failed(self, now: float) -> float | None:
+        """Count a failure; the seconds it opens for, or None while it stays closed."""
+        self.failures += 1
+        if self.failures < self.threshold:
+            return None
+        self.opened += 1
+        self.failures = 0
+        seconds = self.backoff.delay(self.opened)
+        self.open_until = now + seconds
+        return seconds
+
+
+Send = Callable[[bytes, str, str, int, str], None]
+
+
+class DeliveryWorker(Worker):
+    """Sends the due deliveries of one destination, one at a time."""
+
+    def __init__(
+        self,
+        destination: queries.Destination,
+        sessions: sessionmaker[Session],
+        settings: DeliverySettings,
+        calling_ae_title: str,
+        stop: threading.Event,
+        send: Send = c_store,
+    ) -> None:
+        ae_title, host, port = destination
+        super().__init__(
+            f"delivery-{ae_title}@{host}:{port}", stop, idle_seconds=0.5, stuck_seconds=900.0
+        )
+        self.destination = destination
+        self.sessions = sessions
+        self.settings = settings
+        self.calling_ae_title = calling_ae_title
+        self.send = send
+        self.breaker = CircuitBreaker()
+
+    def tick(self) -> bool:
+        if self.breaker.is_open(time.monotonic()):
+            return False
+        with self.sessions() as session:
+            due = queries.due_deliveries(session, self.destination)
+        for delivery_id in due:
+            if self.stop.is_set() or self.breaker.is_open(time.monotonic()):
+                break
+            self.beat()
+            self.deliver(delivery_id)
+        return bool(due)
+
+    def deliver(self, delivery_id: int) -> None:
+        with self.sessions() as session, session.begin():
+            delivery = queries.lease_delivery(session, delivery_id, LEASE_SECONDS)
+            if delivery is None:
+                return
+            content = delivery.content
+        ae_title, host, port = self.destination
+        error: Exception | None = None
+        try:
+            self.send(content, ae_title, host, port, self.calling_ae_title)
+        except Exception as exc:
+            error = exc
+        with self.sessions() as session, session.begin():
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:  # purged meanwhile
+                return
+            record_outcome(session, delivery, error, self.settings)
+        if error is None:
+            self.breaker.succeeded()
+            return
+        opened_for = self.breaker.failed(time.monotonic())
+        if opened_for is not None:
             logger.error(
-                "%s could not be delivered to %s after %d attempts: %s",
-                delivery.object_name,
-                delivery.ae_title,
-                delivery.attempts,
-                exc,
+                "%s@%s:%d failed %d times in a row; not trying it for %.0f s",
+                ae_title,
+                host,
+                port,
+                BREAKER_FAILURES,
+                opened_for,
             )
-        else:
-            delay = delays[delivery.attempts - 1]
-            delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
-            logger.warning(
-                "%s to %s failed (attempt %d), retrying in %.0f s: %s",
-                delivery.object_name,
-                delivery.ae_title,
-                delivery.attempts,
-                delay,
-                exc,
-            )
+
+
+class Deliverer(Worker):
+    """Starts a ``DeliveryWorker`` for each destination that has work waiting."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: DeliverySettings,
+        calling_ae_title: str,
+        stop: threading.Event,
+        send: Send = c_store,
+    ) -> None:
+        super().__init__("delivery-supervisor", stop, idle_seconds=1.0, stuck_seconds=300.0)
+        self.sessions = sessions
+        self.settings = settings
+        self.calling_ae_title = calling_ae_title
+        self.send = send
+        self.workers: dict[queries.Destination, DeliveryWorker] = {}
+
+    def tick(self) -> bool:
+        with self.sessions() as session:
+            destinations = queries.pending_destinations(session)
+        for destination in destinations:
+            if destination not in self.workers:
+                worker = DeliveryWorker(
+                    destination,
+                    self.sessions,
+                    self.settings,
+                    self.calling_ae_title,
+                    self.stop,
+                    self.send,
+                )
+                self.workers[destination] = worker
+                worker.start()
         return False
-    metrics.OBJECTS_SENT.labels(_kind(delivery)).inc()
-    delivery.state = DeliveryState.DELIVERED
-    delivery.delivered_at = utcnow()
-    delivery.last_error = ""
-    logger.info("%s delivered to %s", delivery.object_name, delivery.ae_title)
-    return True
+
+    def reconfigure(self, settings: DeliverySettings) -> None:
+        self.settings = settings
+        for worker in list(self.workers.values()):
+            worker.settings = settings
+
+    def all_workers(self) -> list[Worker]:
+        return [self, *self.workers.values()]

@@ -27,14 +27,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import Settings, load_settings
+from daemon.delivery import Deliverer
 from daemon.errors import StorageError, TriageError
 from daemon.explain import Explainer
 from daemon.health import LastError, write_status
 from daemon.inference import Classifier
 from daemon.pipeline import TriagePipeline
-from daemon.reporting import Reporter
+from daemon.reporting import ReportBuilder
 from daemon.scp import IngestContext, event_handlers, make_acceptor, receive_to_files
 from daemon.spool import Spool
+from daemon.worker import Worker
 from daemon.worklist import handle_find
 from dicom_io.codes import TriageModality
 from storage import queries
@@ -43,6 +45,8 @@ from storage.database import create_database_engine, make_session_factory, requi
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 20.0
+# How long the occlusion poller may go without a round before it counts as stuck.
+STUCK_SECONDS = {"explainer": 300.0}
 WORK_QUEUE_SIZE = 1000
 
 
@@ -95,6 +99,23 @@ def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
     return classifiers
 
 
+def _work_snapshot(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    """Outbox and parked work from the database; an outage is reported, not raised."""
+    try:
+        with sessions() as session:
+            pending, failed = queries.delivery_counts(session)
+            counts = queries.work_counts(session)
+    except Exception as exc:
+        logger.warning("The status cannot read the database: %s", type(exc).__name__)
+        return {"database": "unavailable"}
+    return {
+        "database": "ok",
+        "outbox_pending": pending,
+        "dead_letters": failed,
+        **counts,
+    }
+
+
 def _snapshot(
     settings: Settings,
     classifiers: dict[TriageModality, Classifier],
@@ -105,8 +126,6 @@ def _snapshot(
     workers_alive: bool,
     explainer: Explainer | None,
 ) -> dict[str, Any]:
-    with sessions() as session:
-        pending, failed = queries.delivery_counts(session)
     return {
         "pid": os.getpid(),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -122,8 +141,9 @@ def _snapshot(
             for modality, c in classifiers.items()
         },
         "queue_depth": work.qsize(),
-        "outbox_pending": pending,
-        "dead_letters": failed,
+        "outbox_pending": None,
+        "dead_letters": None,
+        **_work_snapshot(sessions),
         "spool_free_bytes": spool.free_bytes(),
         "occlusion": explainer.counts(time.monotonic()) if explainer is not None else None,
         "workers_alive": workers_alive,
@@ -133,29 +153,22 @@ def _snapshot(
     }
 
 
-# How long a worker may go without finishing a loop before it counts as
-# stuck: longer than any image (pipeline) or any round of deliveries with
-# their DIMSE timeouts (reporter).
-STUCK_SECONDS = {"pipeline": 300.0, "reporter": 900.0, "explainer": 300.0}
-
-
-def workers_healthy(
-    pipeline: TriagePipeline, reporter: Reporter, explainer: Explainer | None
-) -> bool:
-    """Every worker thread runs and has finished a loop recently."""
+def workers_healthy(workers: list[Worker], explainer: Explainer | None) -> bool:
+    """Every worker thread runs and has finished a round recently."""
     now = time.monotonic()
-    checks: list[tuple[str, TriagePipeline | Reporter | Explainer]] = [
-        ("pipeline", pipeline),
-        ("reporter", reporter),
-    ]
-    if explainer is not None:
-        checks.append(("explainer", explainer))
-    for name, worker in checks:
+    for worker in workers:
         if not worker.is_alive():
-            logger.error("The %s thread has stopped", name)
+            logger.error("The %s thread has stopped", worker.name)
             return False
-        if now - worker.heartbeat > STUCK_SECONDS[name]:
-            logger.error("The %s thread is stuck", name)
+        if worker.stuck(now):
+            logger.error("The %s thread is stuck", worker.name)
+            return False
+    if explainer is not None:
+        if not explainer.is_alive():
+            logger.error("The occlusion threads have stopped")
+            return False
+        if now - explainer.heartbeat > STUCK_SECONDS["explainer"]:
+            logger.error("The occlusion poller is stuck")
             return False
     return True
 
@@ -211,7 +224,8 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     pipeline = TriagePipeline(
         sessions, classifiers, work, stop, oct_all_frames=settings.study.oct_frames == "all"
     )
-    reporter = Reporter(settings, sessions, stop)
+    reporter = ReportBuilder(settings, sessions, stop)
+    deliverer = Deliverer(sessions, settings.delivery, settings.dicom.ae_title, stop)
     explainer = (
         Explainer(settings, sessions, classifiers, stop) if settings.occlusion.enabled else None
     )
@@ -257,8 +271,14 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     except OSError as exc:
         logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
         return ExitCode.FAILURE
+    if engine.dialect.name == "sqlite":
+        # One node by construction: leases left by its previous process are stale.
+        with sessions() as session, session.begin():
+            if freed := queries.release_all_leases(session):
+                logger.warning("Released %d image(s) held when the daemon last stopped", freed)
     pipeline.start()
     reporter.start()
+    deliverer.start()
     if explainer is not None:
         explainer.start()
     host, port = server.server_address[:2]
@@ -277,26 +297,32 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             settings, classifiers = reload(config_path, settings, classifiers)
             pipeline.classifiers = classifiers
             reporter.settings = settings
+            deliverer.reconfigure(settings.delivery)
             if explainer is not None:
                 explainer.classifiers, explainer.settings = classifiers, settings
             notify("READY=1")
         if stale := spool.remove_stale_receives():
             logger.warning("Removed %d file(s) of transfers that were aborted", stale)
-        alive = workers_healthy(pipeline, reporter, explainer)
+        alive = workers_healthy([pipeline, reporter, *deliverer.all_workers()], explainer)
         snapshot = _snapshot(
             settings, classifiers, work, spool, sessions, last_error, alive, explainer
         )
         write_status(settings.state_dir, snapshot)
         metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
-        metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
-        metrics.DEAD_LETTERS.set(snapshot["dead_letters"])
+        if snapshot["database"] == "ok":
+            metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
+            metrics.DEAD_LETTERS.set(snapshot["dead_letters"])
+            metrics.STUDIES_PARKED.set(snapshot["studies_report_failed"])
+            metrics.INSTANCES_FAILED.set(snapshot["instances_failed"])
         if not alive:
             logger.error("A worker thread died; stopping so that systemd restarts the service")
             exit_code = ExitCode.FAILURE
             break
         notify(
             f"STATUS=queue {snapshot['queue_depth']}, outbox {snapshot['outbox_pending']}, "
-            f"dead letters {snapshot['dead_letters']}"
+            f"dead letters {snapshot['dead_letters']}, "
+            f"reports parked {snapshot.get('studies_report_failed')}, "
+            f"database {snapshot['database']}"
         )
         if interval:
             notify("WATCHDOG=1")
@@ -313,8 +339,8 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         logger.warning("Aborting an association still open after the drain time")
         association.abort()
     stop.set()
-    for thread in (pipeline, reporter):
-        thread.join(timeout=DRAIN_SECONDS / 2)
+    for thread in (pipeline, reporter, *deliverer.all_workers()):
+        thread.join(timeout=DRAIN_SECONDS / 4)
     if explainer is not None:
         # An unfinished map is simply computed again after the restart.
         explainer.join(timeout=DRAIN_SECONDS / 4)

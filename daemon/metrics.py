@@ -26,6 +26,11 @@ OBJECTS_FAILED = Counter("triage_objects_failed", "Delivery attempts that failed
 QUEUE_DEPTH = Gauge("triage_queue_depth", "Instances waiting in the inference queue")
 OUTBOX_PENDING = Gauge("triage_outbox_pending", "Deliveries waiting")
 DEAD_LETTERS = Gauge("triage_dead_letters", "Deliveries that used up their retries")
+REPORTS = Counter(
+    "triage_reports", "Study reports built (first, superseding) or parked (failed)", ["outcome"]
+)
+STUDIES_PARKED = Gauge("triage_studies_report_failed", "Studies whose report is parked")
+INSTANCES_FAILED = Gauge("triage_instances_failed", "Images that could not be triaged")
 
 
 def serve_metrics(port: int) -> None:

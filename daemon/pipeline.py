@@ -2,15 +2,16 @@
 
 One worker thread drains a bounded queue of instance ids. The queue is only
 a hint: the database is the truth, and the worker sweeps it for instances
-still waiting (after a restart, or when the queue was full).
+still waiting (after a restart, when the queue was full, or when a lease ran
+out).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,14 +21,21 @@ from daemon import metrics
 from daemon.errors import InferenceError
 from daemon.inference import Classifier
 from daemon.routing import route
+from daemon.worker import Worker
 from dicom_io.codes import TriageModality
 from dicom_io.pixels import decode_all_frames, decode_instance
 from storage import queries
-from storage.models import Instance, InstanceState
+from storage.models import InstanceState
 
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
+# Tries per image before it is marked FAILED; an attempt is counted when the
+# image is leased, so one that crashes or hangs the worker counts too.
+MAX_ATTEMPTS = 3
+# Longer than inference of any one image takes; an expired lease (its
+# worker died) lets another worker or node take the image.
+LEASE_SECONDS = 60.0
 
 
 def classify_file(
@@ -47,7 +55,28 @@ def classify_file(
     return min(results, key=lambda r: (r.referral.rank, -r.probability))
 
 
-class TriagePipeline(threading.Thread):
+@dataclasses.dataclass(frozen=True)
+class _Leased:
+    """What the worker needs of a leased instance, read in the claim's transaction."""
+
+    id: int
+    path: str
+    attempts: int
+    sop_class_uid: str
+    modality: str
+    body_part_examined: str
+
+
+class TriagePipeline(Worker):
+    """Triage instances: from the queue, and from the database's sweep.
+
+    Each instance is leased (an attempt counted) in a short transaction;
+    decoding and inference run with no transaction open; the result is
+    recorded in another short one. An image still failing after
+    ``MAX_ATTEMPTS`` (or one that crashed or hung the worker that many
+    times) is marked FAILED with its reason and never tried again.
+    """
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -57,83 +86,113 @@ class TriagePipeline(threading.Thread):
         idle_seconds: float = 0.5,
         oct_all_frames: bool = False,
     ) -> None:
-        super().__init__(name="triage-pipeline", daemon=True)
+        super().__init__("triage-pipeline", stop, idle_seconds=0.05, stuck_seconds=300.0)
         self.sessions = sessions
         self.classifiers = classifiers
         self.work = work
-        self.stop = stop
-        self.idle_seconds = idle_seconds
+        self.queue_wait = idle_seconds
         self.oct_all_frames = oct_all_frames
-        # Refreshed every loop; the main loop stops pinging the watchdog if it ages.
-        self.heartbeat = time.monotonic()
 
-    def run(self) -> None:
-        logger.info("Inference pipeline started")
-        while not self.stop.is_set():
-            self.heartbeat = time.monotonic()
-            try:
-                instance_id = self.work.get(timeout=self.idle_seconds)
-            except queue.Empty:
-                self.sweep()
-                continue
-            self.process(instance_id)
-        logger.info("Inference pipeline stopped")
+    def tick(self) -> bool:
+        try:
+            instance_id = self.work.get(timeout=self.queue_wait)
+        except queue.Empty:
+            return self.sweep()
+        self.process(instance_id)
+        return True
 
-    def sweep(self) -> None:
-        """Process instances the queue missed (restarts, a full queue)."""
+    def sweep(self) -> bool:
+        """Process instances the queue missed (restarts, a full queue, expired leases)."""
         with self.sessions() as session:
             pending = queries.pending_instance_ids(session, SWEEP_BATCH)
         for instance_id in pending:
             if self.stop.is_set():
-                return
+                break
+            self.beat()
             self.process(instance_id)
+        return bool(pending)
 
     def process(self, instance_id: int) -> None:
+        leased = self._lease(instance_id)
+        if leased is None:
+            return
         try:
-            with self.sessions() as session, session.begin():
-                instance = queries.claim_instance(session, instance_id)
-                if instance is None:
-                    return  # done already, or another node is on it
-                self._triage(session, instance)
+            self._triage(leased)
         except Exception:
-            # A bug or a database outage must not kill the worker; the
-            # instance stays RECEIVED and the next sweep retries it.
+            # A bug or a database hiccup: the instance goes back for another
+            # try (its attempt is counted); the worker carries on.
             logger.exception("Unexpected error while triaging instance %d", instance_id)
-            self.stop.wait(1.0)
+            with self.sessions() as session, session.begin():
+                queries.release_instance(session, instance_id)
 
-    def _triage(self, session: Session, instance: Instance) -> None:
-        series = instance.series
-        target = route(instance.sop_class_uid, series.modality, series.body_part_examined)
-        if target is None:
-            queries.mark_instance(
-                session,
-                instance,
-                InstanceState.SKIPPED,
-                f"No model for SOP class {instance.sop_class_uid}, modality "
-                f"{series.modality}, body part {series.body_part_examined or 'absent'}.",
+    def _lease(self, instance_id: int) -> _Leased | None:
+        with self.sessions() as session, session.begin():
+            instance = queries.lease_instance(session, instance_id, LEASE_SECONDS)
+            if instance is None:
+                return None  # done already, or another worker or node has it
+            if instance.attempts > MAX_ATTEMPTS:
+                queries.mark_instance(
+                    session,
+                    instance,
+                    InstanceState.FAILED,
+                    f"Given up after {MAX_ATTEMPTS} attempts; the last ones did not finish "
+                    f"(the image crashed or hung the worker). {instance.error}".strip(),
+                )
+                logger.error(
+                    "Instance %d given up after %d attempts that did not finish",
+                    instance_id,
+                    MAX_ATTEMPTS,
+                )
+                return None
+            series = instance.series
+            return _Leased(
+                id=instance.id,
+                path=instance.path,
+                attempts=instance.attempts,
+                sop_class_uid=instance.sop_class_uid,
+                modality=series.modality,
+                body_part_examined=series.body_part_examined,
             )
-            logger.info("Instance %d skipped: no model applies", instance.id)
+
+    def _finish(self, leased: _Leased, state: InstanceState, reason: str) -> None:
+        with self.sessions() as session, session.begin():
+            instance = queries.leased_instance(session, leased.id, leased.path)
+            if instance is not None:
+                queries.mark_instance(session, instance, state, reason)
+
+    def _triage(self, leased: _Leased) -> None:
+        target = route(leased.sop_class_uid, leased.modality, leased.body_part_examined)
+        if target is None:
+            self._finish(
+                leased,
+                InstanceState.SKIPPED,
+                f"No model for SOP class {leased.sop_class_uid}, modality "
+                f"{leased.modality}, body part {leased.body_part_examined or 'absent'}.",
+            )
+            logger.info("Instance %d skipped: no model applies", leased.id)
             return
         classifier = self.classifiers.get(target)
         if classifier is None:
-            queries.mark_instance(
-                session, instance, InstanceState.SKIPPED, f"No {target.value} model is loaded."
-            )
-            logger.warning("Instance %d skipped: no %s model loaded", instance.id, target.value)
+            self._finish(leased, InstanceState.SKIPPED, f"No {target.value} model is loaded.")
+            logger.warning("Instance %d skipped: no %s model loaded", leased.id, target.value)
             return
         try:
             all_frames = self.oct_all_frames and target == TriageModality.OCT
             with metrics.INFERENCE_SECONDS.time():
-                result = classify_file(Path(instance.path), classifier, all_frames)
+                result = classify_file(Path(leased.path), classifier, all_frames)
         except InferenceError as exc:
-            queries.mark_instance(session, instance, InstanceState.FAILED, str(exc))
-            logger.warning("Instance %d could not be triaged: %s", instance.id, exc)
+            self._finish(leased, InstanceState.FAILED, str(exc))
+            logger.warning("Instance %d could not be triaged: %s", leased.id, exc)
             return
-        queries.record_result(session, instance, result)
+        with self.sessions() as session, session.begin():
+            instance = queries.leased_instance(session, leased.id, leased.path)
+            if instance is None:
+                return  # replaced by a new copy meanwhile: that copy is triaged instead
+            queries.record_result(session, instance, result)
         metrics.INSTANCES_TRIAGED.labels(result.modality).inc()
         logger.info(
             "Instance %d triaged: %s (%s, p=%.3f) by %s %s on %s in %.1f ms",
-            instance.id,
+            leased.id,
             result.label,
             result.referral.value,
             result.probability,

@@ -1,25 +1,37 @@
-"""Report: when a study is complete, build its SR and deliver it.
+"""Report: when a study is complete, build its SR and queue its deliveries.
 
 A study is complete when no instance has arrived for ``stable_seconds`` and
-none is waiting for inference. Its SR is stored in SQL with one delivery per
-destination in the same transaction, so that a crash can neither lose nor
-duplicate it; deliveries are then attempted until they succeed or run out.
+none is waiting for inference. Its SR is built with no transaction open,
+then stored in SQL with one delivery per destination in one short
+transaction, and only if no image arrived meanwhile (the study's revision
+is unchanged): a report can never leave out an acknowledged image. Sending
+is the delivery workers' job (``daemon.delivery``), never this one's.
+
+A late image reopens its study; the new SR supersedes the earlier one:
+same report series, the next instance number, and the earlier SR in its
+Predecessor Documents Sequence (PS3.3 C.17.2.1).
+
+A study whose report cannot be built (say an image file is gone) is tried
+again after a back-off and, after ``MAX_REPORT_ATTEMPTS``, parked as
+``report_failed`` with its reason: counted, in ``triage status`` and the
+metrics, and never in the way of other studies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-import time
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon import __version__
+from daemon import __version__, metrics
 from daemon.config import Settings
-from daemon.delivery import attempt
+from daemon.worker import Backoff, Worker
 from dicom_io.codes import Referral, TriageModality
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
 from storage import queries
@@ -27,9 +39,21 @@ from storage.models import Study, StudyState
 
 logger = logging.getLogger(__name__)
 
+MAX_REPORT_ATTEMPTS = 3
+REPORT_BACKOFF = Backoff(first=5.0, ceiling=300.0)
 
-def build_study_report(session: Session, study: Study) -> bytes | None:
-    """The SR bytes for a complete study, or None when nothing was triaged."""
+
+@dataclasses.dataclass(frozen=True)
+class BuiltReport:
+    content: bytes
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    supersedes: int | None
+
+
+def build_study_report(session: Session, study: Study) -> BuiltReport | None:
+    """The SR of a complete study, or None when none of its images was triaged."""
     instances = queries.triaged_instances(session, study)
     result = study.result
     if not instances or result is None:
@@ -51,6 +75,10 @@ def build_study_report(session: Session, study: Study) -> bytes | None:
     deciding = result.deciding_instance.result
     if deciding is None:
         return None
+    earlier = queries.latest_report(session, study.id)
+    previous: Dataset | None = None
+    if earlier is not None:
+        previous = dcmread(BytesIO(earlier.content), stop_before_pixels=True)
     report = build_triage_report(
         modality=TriageModality(result.modality),
         study_label=result.label,
@@ -62,83 +90,107 @@ def build_study_report(session: Session, study: Study) -> bytes | None:
             sha256=deciding.model_sha256,
             software_version=f"dicom-triage {__version__}",
         ),
+        previous=previous,
     )
     buffer = BytesIO()
     report.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return BuiltReport(
+        content=buffer.getvalue(),
+        sop_instance_uid=str(report.SOPInstanceUID),
+        series_instance_uid=str(report.SeriesInstanceUID),
+        sop_class_uid=str(report.SOPClassUID),
+        supersedes=earlier.id if earlier is not None else None,
+    )
 
 
-class Reporter(threading.Thread):
+class ReportBuilder(Worker):
+    """Builds the SR of every complete study, one study at a time."""
+
     def __init__(
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
         stop: threading.Event,
-        poll_seconds: float = 0.5,
+        idle_seconds: float = 0.5,
     ) -> None:
-        super().__init__(name="triage-reporter", daemon=True)
+        super().__init__("report-builder", stop, idle_seconds=idle_seconds, stuck_seconds=300.0)
         self.settings = settings
         self.sessions = sessions
-        self.stop = stop
-        self.poll_seconds = poll_seconds
-        self.heartbeat = time.monotonic()
 
-    def run(self) -> None:
-        logger.info("Reporter started")
-        while not self.stop.wait(self.poll_seconds):
-            self.heartbeat = time.monotonic()
-            try:
-                self.report_complete_studies()
-                self.deliver_due()
-            except Exception:
-                logger.exception("Unexpected error in the reporter; retrying")
-        logger.info("Reporter stopped")
-
-    def report_complete_studies(self) -> None:
+    def tick(self) -> bool:
         with self.sessions() as session:
-            ready = [
-                s.id
-                for s in queries.studies_ready_to_report(
-                    session, self.settings.study.stable_seconds
-                )
-            ]
+            ready = queries.studies_ready_to_report(session, self.settings.study.stable_seconds)
         for study_id in ready:
             if self.stop.is_set():
-                return
-            with self.sessions() as session, session.begin():
-                study = queries.claim_study_to_report(session, study_id)
-                if study is None:
-                    continue
-                content = build_study_report(session, study)
-                if content is None:
-                    study.state = StudyState.NOT_REPORTABLE
-                    logger.warning("Study %d is complete but no image could be triaged", study_id)
-                    continue
-                header = dcmread(BytesIO(content), stop_before_pixels=True)
-                queries.add_report(
-                    session,
-                    study,
-                    sop_instance_uid=str(header.SOPInstanceUID),
-                    series_instance_uid=str(header.SeriesInstanceUID),
-                    sop_class_uid=str(header.SOPClassUID),
-                    content=content,
-                    destinations=[(d.ae_title, d.host, d.port) for d in self.settings.destinations],
-                )
-                logger.info(
-                    "Study %d complete: %s (%s); report queued for %d destination(s)",
-                    study_id,
-                    study.result.label if study.result else "?",
-                    study.result.referral if study.result else "?",
-                    len(self.settings.destinations),
-                )
+                break
+            self.beat()
+            try:
+                self.report(study_id)
+            except Exception as exc:
+                self.failed(study_id, exc)
+        return bool(ready)
 
-    def deliver_due(self) -> None:
+    def report(self, study_id: int) -> None:
+        stable = self.settings.study.stable_seconds
         with self.sessions() as session:
-            due = [d.id for d in queries.due_deliveries(session)]
-        for delivery_id in due:
-            if self.stop.is_set():
+            # The revision is read before the instances: an image stored after
+            # this read changes it, and the commit below then refuses.
+            study = queries.study_if_ready(session, study_id, stable)
+            if study is None:
                 return
-            with self.sessions() as session, session.begin():
-                delivery = queries.claim_delivery(session, delivery_id)
-                if delivery is not None:
-                    attempt(session, delivery, self.settings.delivery, self.settings.dicom.ae_title)
+            revision = study.revision
+            built = build_study_report(session, study)
+        with self.sessions() as session, session.begin():
+            state = StudyState.REPORTED if built is not None else StudyState.NOT_REPORTABLE
+            if not queries.commit_report_state(session, study_id, revision, state):
+                logger.info("Study %d received an image while its report was built", study_id)
+                return
+            if built is None:
+                logger.warning("Study %d is complete but no image could be triaged", study_id)
+                return
+            study = session.get_one(Study, study_id)
+            queries.add_report(
+                session,
+                study,
+                sop_instance_uid=built.sop_instance_uid,
+                series_instance_uid=built.series_instance_uid,
+                sop_class_uid=built.sop_class_uid,
+                content=built.content,
+                destinations=[(d.ae_title, d.host, d.port) for d in self.settings.destinations],
+                supersedes=built.supersedes,
+            )
+            label = study.result.label if study.result else "?"
+            referral = study.result.referral if study.result else "?"
+        metrics.REPORTS.labels("superseding" if built.supersedes else "first").inc()
+        logger.info(
+            "Study %d complete: %s (%s); %s queued for %d destination(s)",
+            study_id,
+            label,
+            referral,
+            "a new report superseding the earlier one" if built.supersedes else "report",
+            len(self.settings.destinations),
+        )
+
+    def failed(self, study_id: int, error: Exception) -> None:
+        """Count the failure; park the study after MAX_REPORT_ATTEMPTS."""
+        with self.sessions() as session, session.begin():
+            attempts = (session.get(Study, study_id) or Study(report_attempts=0)).report_attempts
+            delay = REPORT_BACKOFF.delay(attempts + 1)
+            reason = f"{type(error).__name__}: {error}"
+            parked = queries.report_failed(session, study_id, reason, MAX_REPORT_ATTEMPTS, delay)
+        if parked:
+            metrics.REPORTS.labels("failed").inc()
+            logger.error(
+                "The report of study %d failed %d times and is parked: %s",
+                study_id,
+                MAX_REPORT_ATTEMPTS,
+                reason,
+                exc_info=error,
+            )
+        else:
+            logger.warning(
+                "The report of study %d failed; trying again in %.0f s: %s",
+                study_id,
+                delay,
+                reason,
+            )

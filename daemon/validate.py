@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from daemon.errors import IngestError
 from daemon.spool import Received, received_chunks, received_head, received_size
@@ -122,6 +123,14 @@ def _check_geometry(dataset: Dataset, size: int) -> None:
         )
 
 
+UID_KEYWORDS = {
+    "SOPInstanceUID": "SOP Instance UID",
+    "SOPClassUID": "SOP Class UID",
+    "StudyInstanceUID": "Study Instance UID",
+    "SeriesInstanceUID": "Series Instance UID",
+}
+
+
 PN_COMPONENT_GROUP_MAX = 64  # PS3.5 6.2: Person Name, per component group
 
 
@@ -162,10 +171,18 @@ def parse_header(
                 dataset[tag]
     except Exception as exc:
         raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(dataset.get(keyword, "")).strip():
+    for keyword, name in UID_KEYWORDS.items():
+        value = str(dataset.get(keyword, "")).strip()
+        if not value:
             raise IngestError(
                 f"The dataset has no {keyword}.", Status.CANNOT_UNDERSTAND_MISSING_UID
+            )
+        if not UID(value).is_valid:
+            # Refused before it is acknowledged: no SR or SC could ever cite it.
+            raise IngestError(
+                f"The dataset's {name} is not a valid UID "
+                f"({len(value)} characters; PS3.5 9.1 allows 64 digits and dots).",
+                Status.CANNOT_UNDERSTAND,
             )
     if not any(key in dataset for key in PIXEL_KEYWORDS):
         raise IngestError("The dataset has no pixel data.", Status.CANNOT_UNDERSTAND_NO_PIXEL_DATA)

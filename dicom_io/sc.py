@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_io.preprocess import normalise_range
+from dicom_io.source import with_type2_attributes
 
 HEATMAP_SERIES_DESCRIPTION = "AI triage occlusion map"
 HEATMAP_SERIES_NUMBER = 9902
@@ -103,7 +104,7 @@ def build_heatmap_sc(
     # highdicom insists on an orientation for the PATIENT coordinate system; the
     # source's own (often empty for OCT) replaces it below rather than invent one.
     image = SCImage.from_ref_dataset(
-        ref_dataset=source,
+        ref_dataset=with_type2_attributes(source),
         pixel_array=overlay,
         photometric_interpretation="RGB",
         bits_allocated=8,

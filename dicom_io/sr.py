@@ -27,6 +27,7 @@ from dicom_io.codes import (
     Referral,
     TriageModality,
 )
+from dicom_io.source import with_type2_attributes
 
 REPORT_SERIES_DESCRIPTION = "AI triage report"
 REPORT_SERIES_NUMBER = 9901
@@ -70,7 +71,7 @@ def build_triage_report(
     study_referral: Referral,
     images: Sequence[ImageTriage],
     algorithm: AlgorithmInfo,
-    instance_number: int = 1,
+    previous: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the SR for one study from the triage of its images.
 
@@ -80,7 +81,12 @@ def build_triage_report(
         The study's result: that of its most urgent image.
     images
         Every triaged image; each becomes a measurement group that
-        references its source instance.
+        references its source instance. Type 2 patient and study attributes
+        a device left out are written empty (``with_type2_attributes``).
+    previous
+        The SR this one supersedes (images arrived after it was sent): the
+        new SR joins its series with the next instance number and lists it
+        in the Predecessor Documents Sequence (PS3.3 C.17.2.1).
     """
     if not images:
         raise ValueError('Argument "images" must hold at least one triaged image.')
@@ -152,14 +158,19 @@ def build_triage_report(
     # highdicom allows only CID 7005 purposes; IHE AIR asks for its own
     # "Processing Algorithm" code, so it replaces the item highdicom built.
     equipment.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
-    sources = [image.source for image in images]
+    sources = [with_type2_attributes(image.source) for image in images]
+    series_instance_uid, instance_number = str(generate_uid()), 1
+    if previous is not None:
+        series_instance_uid = str(previous.SeriesInstanceUID)
+        instance_number = int(previous.get("InstanceNumber", 0) or 0) + 1
     return hd.sr.Comprehensive3DSR(
         evidence=sources,
         content=report,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_instance_uid,
         series_number=REPORT_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
         instance_number=instance_number,
+        previous_versions=[previous] if previous is not None else None,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,

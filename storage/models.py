@@ -42,6 +42,7 @@ class StudyState(enum.StrEnum):
     RECEIVING = "receiving"
     REPORTED = "reported"
     NOT_REPORTABLE = "not_reportable"  # complete, but no instance could be triaged
+    REPORT_FAILED = "report_failed"  # its report could not be built; parked with the reason
 
 
 class DeliveryState(enum.StrEnum):
@@ -92,6 +93,12 @@ class Study(Base):
     state: Mapped[StudyState] = mapped_column(
         _enum(StudyState, "study_state"), default=StudyState.RECEIVING, index=True
     )
+    # Raised by every instance stored or replaced: a report is committed only
+    # if the revision it was built from is still the study's (no lost image).
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    report_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    report_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -131,6 +138,9 @@ class Instance(Base):
         _enum(InstanceState, "instance_state"), default=InstanceState.RECEIVED, index=True
     )
     error: Mapped[str] = mapped_column(Text, default="")
+    # Inference tries so far; a worker holds the instance until lease_until.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     series: Mapped[Series] = relationship()
     study: Mapped[Study] = relationship(back_populates="instances")
@@ -190,6 +200,10 @@ class Report(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     content: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The earlier SR of the same study that this one replaces (late images).
+    supersedes_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("reports.id", name="fk_reports_supersedes"), nullable=True
+    )
 
     study: Mapped[Study] = relationship()
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="report")
@@ -220,6 +234,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Set while a worker sends it, so that no other worker (or node) does;
+    # a crashed worker's lease simply runs out.
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     report: Mapped[Report | None] = relationship(back_populates="deliveries")
     occlusion: Mapped[OcclusionMapRecord | None] = relationship(back_populates="deliveries")

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Collection, Sequence
 
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
@@ -44,6 +44,24 @@ def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
     return str(value if value is not None else "")[:limit]
 
 
+def database_now(session: Session) -> dt.datetime:
+    """The database server's clock, as naive UTC.
+
+    Nodes compare times they did not write themselves (when a study last
+    received an image, until when a lease holds), so every such time comes
+    from the one clock they share.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.scalar(text("select (clock_timestamp() at time zone 'utc')"))
+    else:
+        value = session.scalar(text("select strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"The database returned {value!r} for the time.")
+    return value.replace(tzinfo=None)
+
+
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
 
@@ -70,13 +88,39 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
     if instance.result is not None:
         session.delete(instance.result)
     _delete_occlusion_maps(session, OcclusionMapRecord.instance_fk == instance.id)
+    now = database_now(session)
     instance.state = InstanceState.RECEIVED
     instance.error = ""
-    instance.received_at = utcnow()
-    instance.study.state = StudyState.RECEIVING
-    instance.study.last_received_at = utcnow()
+    instance.attempts = 0
+    instance.lease_until = None
+    instance.received_at = now
     session.flush()
+    _reopen_study(session, instance.study_fk, now)
     return instance
+
+
+def _reopen_study(session: Session, study_id: int, now: dt.datetime) -> None:
+    """A new or replaced image: the study waits for a (new) report.
+
+    An explicit UPDATE that always writes the state and raises the
+    revision, so that a report being built concurrently from the older
+    revision cannot be committed (``commit_report``) and a study already
+    reported is reopened.
+    """
+    session.execute(
+        update(Study)
+        .where(Study.id == study_id)
+        .values(
+            state=StudyState.RECEIVING,
+            last_received_at=now,
+            revision=Study.revision + 1,
+            report_attempts=0,
+            report_error="",
+            retry_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
 
 
 def record_instance(
@@ -98,7 +142,7 @@ def record_instance(
     instance's own insert can fail, and only for a second copy of the same
     SOP Instance UID.
     """
-    now = utcnow()
+    now = database_now(session)
     patient_id = _patient_key(header)
     _insert_if_absent(
         session,
@@ -116,7 +160,7 @@ def record_instance(
         )
     ).one()
     study_uid = str(header.StudyInstanceUID)
-    created = _insert_if_absent(
+    _insert_if_absent(
         session,
         Study,
         ("study_instance_uid",),
@@ -133,10 +177,9 @@ def record_instance(
         state=StudyState.RECEIVING,
     )
     study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
-    if not created:
-        study.last_received_at = now
-        # A late instance reopens a reported study: it gets a new report.
-        study.state = StudyState.RECEIVING
+    # A late instance reopens a reported study: it gets a new report.
+    _reopen_study(session, study.id, now)
+    study = session.scalars(select(Study).where(Study.id == study.id)).one()
     series_uid = str(header.SeriesInstanceUID)
     _insert_if_absent(
         session,
@@ -199,41 +242,82 @@ def _patient_key(header: Dataset) -> tuple[str, str]:
     return patient_id, issuer
 
 
-def claim_instance(session: Session, instance_id: int) -> Instance | None:
-    """Lock an instance still waiting for inference, or None if another node has it.
+def lease_instance(session: Session, instance_id: int, lease_seconds: float) -> Instance | None:
+    """Take an instance waiting for inference: count an attempt, lease it.
 
-    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several daemons share one
-    database; SQLite, with a single writer, ignores it.
+    None if it is done already or another worker (or node) holds it.
+    Committed before decoding starts, so an image that crashes or hangs
+    the worker still has its attempt counted. ``FOR UPDATE SKIP LOCKED``
+    on PostgreSQL; SQLite has a single writer.
     """
-    return session.scalar(
+    now = database_now(session)
+    instance = session.scalar(
         select(Instance)
         .where(Instance.id == instance_id, Instance.state == InstanceState.RECEIVED)
+        .where(Instance.lease_until.is_(None) | (Instance.lease_until < now))
         .with_for_update(skip_locked=True)
     )
+    if instance is not None:
+        instance.attempts += 1
+        instance.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    return instance
 
 
-def claim_study_to_report(session: Session, study_id: int) -> Study | None:
+def leased_instance(session: Session, instance_id: int, path: str) -> Instance | None:
+    """The instance if it still waits for the result of the file ``path``."""
     return session.scalar(
-        select(Study)
-        .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
-        .with_for_update(skip_locked=True)
+        select(Instance)
+        .where(
+            Instance.id == instance_id,
+            Instance.state == InstanceState.RECEIVED,
+            Instance.path == path,
+        )
+        .with_for_update()
     )
 
 
-def claim_delivery(session: Session, delivery_id: int) -> Delivery | None:
-    return session.scalar(
-        select(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
-        .with_for_update(skip_locked=True)
+def release_instance(session: Session, instance_id: int) -> None:
+    """Give a leased instance back for another try (after a transient error)."""
+    session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, Instance.state == InstanceState.RECEIVED)
+        .values(lease_until=None)
     )
+
+
+def release_all_leases(session: Session) -> int:
+    """Free every lease, for a single node starting up (its old process is gone)."""
+    freed = session.execute(
+        update(Instance).where(Instance.lease_until.is_not(None)).values(lease_until=None)
+    )
+    session.execute(
+        update(Delivery).where(Delivery.lease_until.is_not(None)).values(lease_until=None)
+    )
+    return int(getattr(freed, "rowcount", 0) or 0)
+
+
+def work_counts(session: Session) -> dict[str, int]:
+    """Parked and failed work, for the status file and the metrics."""
+    studies = dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
+    instances = dict(
+        session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()
+    )
+    return {
+        "studies_report_failed": int(studies.get(StudyState.REPORT_FAILED, 0)),
+        "studies_receiving": int(studies.get(StudyState.RECEIVING, 0)),
+        "instances_waiting": int(instances.get(InstanceState.RECEIVED, 0)),
+        "instances_failed": int(instances.get(InstanceState.FAILED, 0)),
+    }
 
 
 def pending_instance_ids(session: Session, limit: int) -> list[int]:
-    """Instances stored but not yet triaged, oldest first."""
+    """Instances stored but not yet triaged nor held by a worker, oldest first."""
+    now = database_now(session)
     return list(
         session.scalars(
             select(Instance.id)
             .where(Instance.state == InstanceState.RECEIVED)
+            .where(Instance.lease_until.is_(None) | (Instance.lease_until < now))
             .order_by(Instance.id)
             .limit(limit)
         )
@@ -276,6 +360,7 @@ def record_result(session: Session, instance: Instance, result: Classification) 
         )
     )
     instance.state = InstanceState.TRIAGED
+    instance.lease_until = None
     session.flush()
     _update_study_result(session, instance.study)
 
@@ -306,21 +391,84 @@ def _update_study_result(session: Session, study: Study) -> None:
 def mark_instance(session: Session, instance: Instance, state: InstanceState, error: str) -> None:
     instance.state = state
     instance.error = error[:2000]
+    instance.lease_until = None
 
 
-def studies_ready_to_report(session: Session, stable_seconds: float) -> list[Study]:
-    """Studies with no new instance for ``stable_seconds`` and none awaiting inference."""
-    cutoff = utcnow() - dt.timedelta(seconds=stable_seconds)
+def _ready_to_report(now: dt.datetime, stable_seconds: float) -> ColumnElement[bool]:
+    """Receiving, quiet for ``stable_seconds``, nothing awaiting inference, not resting."""
+    cutoff = now - dt.timedelta(seconds=stable_seconds)
     awaiting = exists().where(
         Instance.study_fk == Study.id, Instance.state == InstanceState.RECEIVED
     )
+    return (
+        (Study.state == StudyState.RECEIVING)
+        & (Study.last_received_at <= cutoff)
+        & (Study.retry_at.is_(None) | (Study.retry_at <= now))
+        & ~awaiting
+    )
+
+
+def studies_ready_to_report(session: Session, stable_seconds: float, limit: int = 50) -> list[int]:
+    """Ids of the studies ready for their report, longest waiting first."""
+    now = database_now(session)
     return list(
         session.scalars(
-            select(Study)
-            .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
-            .where(~awaiting)
+            select(Study.id)
+            .where(_ready_to_report(now, stable_seconds))
             .order_by(Study.last_received_at)
+            .limit(limit)
         )
+    )
+
+
+def study_if_ready(session: Session, study_id: int, stable_seconds: float) -> Study | None:
+    """The study if it is (still) ready to report; its revision is read with it."""
+    now = database_now(session)
+    return session.scalar(
+        select(Study).where(Study.id == study_id, _ready_to_report(now, stable_seconds))
+    )
+
+
+def commit_report_state(session: Session, study_id: int, revision: int, state: StudyState) -> bool:
+    """Move a study to REPORTED (or NOT_REPORTABLE) if it is still at ``revision``.
+
+    False when an image arrived since the report was built: it is then not
+    committed, and the study is reported again once it is quiet.
+    """
+    result = session.execute(
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.revision == revision,
+            Study.state == StudyState.RECEIVING,
+        )
+        .values(state=state, report_attempts=0, report_error="", retry_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def report_failed(
+    session: Session, study_id: int, error: str, max_attempts: int, retry_in: float
+) -> bool:
+    """Count a failed report of a study; park it after ``max_attempts``. True if parked."""
+    study = session.get(Study, study_id)
+    if study is None:
+        return False
+    study.report_attempts += 1
+    study.report_error = error[:2000]
+    if study.report_attempts >= max_attempts:
+        study.state = StudyState.REPORT_FAILED
+        study.retry_at = None
+        return True
+    study.retry_at = database_now(session) + dt.timedelta(seconds=retry_in)
+    return False
+
+
+def latest_report(session: Session, study_id: int) -> Report | None:
+    """The study's newest report, the one a new version supersedes."""
+    return session.scalar(
+        select(Report).where(Report.study_fk == study_id).order_by(Report.id.desc()).limit(1)
     )
 
 
@@ -343,29 +491,39 @@ def add_report(
     sop_class_uid: str,
     content: bytes,
     destinations: Sequence[tuple[str, str, int]],
+    supersedes: int | None = None,
 ) -> Report:
-    """Store a report and queue one delivery per destination."""
+    """Store a report and queue one delivery per destination.
+
+    The caller has moved the study to REPORTED (``commit_report_state``)
+    in the same transaction.
+    """
     report = Report(
         study=study,
         sop_instance_uid=sop_instance_uid,
         series_instance_uid=series_instance_uid,
         sop_class_uid=sop_class_uid,
         content=content,
+        supersedes_fk=supersedes,
     )
     session.add(report)
     for ae_title, host, port in destinations:
         session.add(Delivery(report=report, ae_title=ae_title, host=host, port=port))
-    study.state = StudyState.REPORTED
     session.flush()
     return report
 
 
-def due_deliveries(session: Session, limit: int = 20) -> list[Delivery]:
-    """Pending deliveries whose time has come; an occlusion map waits for its SR.
+Destination = tuple[str, str, int]  # (AE title, host, port)
+
+
+def due_deliveries(session: Session, destination: Destination, limit: int = 20) -> list[int]:
+    """Ids of pending deliveries to ``destination`` whose time has come, not leased.
 
     The SR goes first: a map's delivery is due only once a report of the
     same study has been delivered to the same destination.
     """
+    now = database_now(session)
+    ae_title, host, port = destination
     sr_delivery = aliased(Delivery)
     sr_first = exists().where(
         OcclusionMapRecord.id == Delivery.occlusion_fk,
@@ -378,13 +536,44 @@ def due_deliveries(session: Session, limit: int = 20) -> list[Delivery]:
     )
     return list(
         session.scalars(
-            select(Delivery)
-            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= utcnow())
+            select(Delivery.id)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+            .where(Delivery.ae_title == ae_title, Delivery.host == host, Delivery.port == port)
+            .where(Delivery.lease_until.is_(None) | (Delivery.lease_until < now))
             .where(Delivery.occlusion_fk.is_(None) | sr_first)
-            .order_by(Delivery.next_attempt_at)
+            .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
         )
     )
+
+
+def pending_destinations(session: Session) -> list[Destination]:
+    """Every destination that has a delivery waiting."""
+    rows = session.execute(
+        select(Delivery.ae_title, Delivery.host, Delivery.port)
+        .where(Delivery.state == DeliveryState.PENDING)
+        .distinct()
+    ).all()
+    return [(str(ae), str(host), int(port)) for ae, host, port in rows]
+
+
+def lease_delivery(session: Session, delivery_id: int, lease_seconds: float) -> Delivery | None:
+    """Take a due delivery: count an attempt and lease it, in a short transaction.
+
+    The C-STORE then runs with no transaction open; ``finish_delivery``
+    records its outcome. None if it is delivered already or leased.
+    """
+    now = database_now(session)
+    delivery = session.scalar(
+        select(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
+        .where(Delivery.lease_until.is_(None) | (Delivery.lease_until < now))
+        .with_for_update(skip_locked=True)
+    )
+    if delivery is not None:
+        delivery.attempts += 1
+        delivery.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    return delivery
 
 
 def instances_needing_maps(

@@ -28,10 +28,23 @@ def _wait_for(daemon: TriageDaemon, statement: str, expected: object, timeout: f
 
 
 def test_replace_if_different(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
-    root = write_dicom_studies("oct", tmp_path / "src", 1, seed=95)
+    from daemon.inference import Classifier
+    from daemon.pipeline import classify_file
+
+    root = write_dicom_studies("oct", tmp_path / "src", 2, seed=95)
     truth = json.loads((root / "lesions.json").read_text())
     cnv = root / next(rel for rel, rec in truth.items() if rec["label"] == "CNV")
-    normal = root / next(rel for rel, rec in truth.items() if rec["label"] == "NORMAL")
+    # The replacement's pixels must get another label from the model than the
+    # first copy's, or the test could not tell a re-triage from none.
+    classifier = Classifier(model_dirs["oct"], "cpu")
+    first_label = classify_file(cnv, classifier).label
+    labels = {
+        rel: classify_file(root / rel, classifier).label
+        for rel, rec in truth.items()
+        if rec["label"] != "CNV"
+    }
+    other = next(rel for rel, label in labels.items() if label != first_label)
+    normal, new_label = root / other, labels[other]
     corrected = dcmread(cnv)
     corrected.PixelData = dcmread(normal).PixelData  # same UIDs, different content
     corrected_path = tmp_path / "corrected.dcm"
@@ -43,11 +56,11 @@ def test_replace_if_different(tmp_path: Path, model_dirs: dict[str, Path]) -> No
     daemon.start()
     try:
         assert daemon.storescu([cnv]).returncode == 0
-        _wait_for(daemon, "select label from study_results", [("CNV",)])
+        _wait_for(daemon, "select label from study_results", [(first_label,)])
         _wait_for(daemon, "select count(*) from reports", [(1,)])
         assert daemon.storescu([cnv]).returncode == 0  # identical copy: nothing changes
         assert daemon.storescu([corrected_path]).returncode == 0
-        _wait_for(daemon, "select label from study_results", [("NORMAL",)])
+        _wait_for(daemon, "select label from study_results", [(new_label,)])
         _wait_for(daemon, "select count(*) from reports", [(2,)])
         rows = daemon.database().execute("select count(*) from instance_results").fetchall()
         assert rows == [(1,)]  # the result was replaced, not duplicated

@@ -5,6 +5,7 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+import pydicom.config
 import pytest
 from pydicom import dcmread
 
@@ -62,3 +63,39 @@ def test_spool_writes_and_quarantines(tmp_path: Path, phantom_bytes: bytes) -> N
     assert spool.remove_partial_writes() == 2
     assert list(spool.incoming.iterdir()) == []
     assert [p.name for p in other_node.incoming.iterdir()] == ["tmpd4e5f6.dcm"]
+
+
+def test_an_over_long_uid_is_refused_before_it_is_acknowledged(phantom_bytes: bytes) -> None:
+    dataset = dcmread(BytesIO(phantom_bytes))
+    dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 40  # 66 characters
+    buffer = BytesIO()
+    settings = pydicom.config.settings
+    mode, settings.writing_validation_mode = settings.writing_validation_mode, pydicom.config.WARN
+    try:
+        dataset.save_as(buffer, enforce_file_format=True)
+    finally:
+        settings.writing_validation_mode = mode
+    with pytest.raises(IngestError) as caught:
+        parse_header(buffer.getvalue(), _uid(phantom_bytes))
+    assert caught.value.status == Status.CANNOT_UNDERSTAND
+    assert "Series Instance UID is not a valid UID (66 characters" in caught.value.reason
+
+
+def test_a_report_is_built_without_type2_attributes(phantom_bytes: bytes) -> None:
+    """A device that leaves out type 2 attributes: the SR carries them empty."""
+    from dicom_io.codes import Referral, TriageModality
+    from dicom_io.source import TYPE2_SOURCE_KEYWORDS
+    from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
+
+    source = dcmread(BytesIO(phantom_bytes), stop_before_pixels=True)
+    for keyword in TYPE2_SOURCE_KEYWORDS:
+        del source[keyword]
+    report = build_triage_report(
+        modality=TriageModality.OCT,
+        study_label="CNV",
+        study_referral=Referral.URGENT,
+        images=[ImageTriage(source, "CNV", Referral.URGENT, {"CNV": 0.9, "NORMAL": 0.1})],
+        algorithm=AlgorithmInfo("m", "1", "ab" * 32, "dicom-triage test"),
+    )
+    assert report.PatientBirthDate == "" and report.PatientID == ""
+    assert "PatientBirthDate" not in source  # the source header is left as it was

@@ -151,21 +151,29 @@ def test_json_logs(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
 
 
 def test_a_stuck_worker_stops_the_watchdog() -> None:
-    import time as clock
+    import threading
 
     from daemon import lifecycle
+    from daemon.worker import Worker
 
-    class Worker:
-        def __init__(self, age: float) -> None:
-            self.heartbeat = clock.monotonic() - age
+    class Idle(Worker):
+        def tick(self) -> bool:
+            return False
 
-        def is_alive(self) -> bool:
-            return True
-
-    fresh, stale = Worker(1), Worker(10_000)
-    assert lifecycle.workers_healthy(fresh, fresh, None)  # type: ignore[arg-type]
-    assert not lifecycle.workers_healthy(stale, fresh, None)  # type: ignore[arg-type]
-    assert not lifecycle.workers_healthy(fresh, fresh, stale)  # type: ignore[arg-type]
+    stop = threading.Event()
+    fresh = Idle("fresh", stop)
+    stale = Idle("stale", stop, idle_seconds=3600, stuck_seconds=60)  # one round, then waits
+    for worker in (fresh, stale):
+        worker.start()
+    try:
+        assert lifecycle.workers_healthy([fresh, stale], None)
+        stop.wait(0.2)  # its first round is over; it now waits an hour
+        stale.heartbeat -= 10_000  # as if that round had lasted hours
+        assert not lifecycle.workers_healthy([fresh, stale], None)
+        dead = Idle("never started", stop)
+        assert not lifecycle.workers_healthy([fresh, dead], None)
+    finally:
+        stop.set()
 
 
 def test_status_file_in_a_missing_state_directory(tmp_path: Path) -> None:

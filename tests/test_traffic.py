@@ -12,11 +12,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom.config
 import pytest
+from pydicom import dcmread
 
 from tests.peers import Orthanc, TriageDaemon
 from tests.traffic import (
     PlannedStudy,
+    leave_out,
     phantom_pool,
     plan_studies,
     send_in_parallel,
@@ -73,3 +76,38 @@ def test_one_study_over_parallel_associations(
     assert findings.acknowledged == 24, daemon.log
     assert findings.held, f"{findings}\n{daemon.log}"
     assert "the first copy is kept" not in daemon.log
+
+
+def test_a_sloppy_device_stops_no_report(
+    tmp_path: Path, oct_pool: list[Path], pacs_and_daemon: tuple[Orthanc, TriageDaemon]
+) -> None:
+    """A study without type 2 attributes, then an over-long UID, then ordinary studies.
+
+    The sloppy study is reported with empty values; the over-long UID is
+    refused before it is acknowledged; every study after them is reported.
+    """
+    pacs, daemon = pacs_and_daemon
+    sloppy, *ordinary = plan_studies(
+        oct_pool, tmp_path / "traffic", studies=4, images_per_study=2, seed=2
+    )
+    leave_out(sloppy)
+    (bad_uid,) = plan_studies(oct_pool, tmp_path / "bad", studies=1, images_per_study=1, seed=3)
+    image = bad_uid.images[0]
+    dataset = dcmread(image.path)
+    dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 40  # 66 characters
+    settings = pydicom.config.settings
+    mode, settings.writing_validation_mode = settings.writing_validation_mode, pydicom.config.WARN
+    try:
+        dataset.save_as(image.path, enforce_file_format=True)
+    finally:
+        settings.writing_validation_mode = mode
+
+    assert send_in_parallel(daemon, study_batches([bad_uid])) == set()
+    acknowledged = send_in_parallel(daemon, study_batches([sloppy]))
+    acknowledged |= send_in_parallel(daemon, study_batches(ordinary))
+    findings = wait_until_reported(daemon, [sloppy, *ordinary], acknowledged, pacs, timeout=90)
+    print("\n" + findings.summary())
+    assert findings.acknowledged == 8, daemon.log
+    assert findings.held, f"{findings}\n{daemon.log}"
+    quarantined = list((daemon.state_dir / "spool" / "quarantine").glob("*.json"))
+    assert any("Series Instance UID" in note.read_text() for note in quarantined)

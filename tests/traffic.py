@@ -293,3 +293,25 @@ def storescu_once(daemon: TriageDaemon, image: PlannedImage) -> bool:
     command = daemon.storescu_command([image.path], "-v")
     result: subprocess.CompletedProcess[str] = run_tool(command)
     return bool(acknowledged_files(result.stdout + result.stderr))
+
+
+# Type 2 attributes (present, possibly empty) that sloppy devices leave out.
+TYPE2_LEFT_OUT = (
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+)
+
+
+def leave_out(study: PlannedStudy, keywords: Sequence[str] = TYPE2_LEFT_OUT) -> None:
+    """Rewrite a study's files without ``keywords``, as a sloppy device sends them."""
+    for image in study.images:
+        dataset = dcmread(image.path)
+        for keyword in keywords:
+            if keyword in dataset:
+                del dataset[keyword]
+        dataset.save_as(image.path, enforce_file_format=True)

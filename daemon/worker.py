@@ -1,0 +1,110 @@
+"""One worker model for every background loop (STYLE rule 14, after Dramatiq).
+
+A ``Worker`` is a thread that repeats ``tick()``: it refreshes its heartbeat
+every round, stops when the shared stop event is set, and survives any
+exception a round raises (a database outage, a bug), backing off
+exponentially while the rounds keep failing so that an outage is neither a
+busy loop nor a flood of tracebacks. The supervisor (``daemon.lifecycle``)
+judges each worker by ``is_alive()`` and ``heartbeat``.
+
+Units of work (an instance to triage, a study to report, a delivery) keep
+their own attempts in the database: each is claimed in a short transaction
+with a lease and an attempt counted before the slow part starts, so a
+crash or a hang still counts, and after ``max_attempts`` it is parked in a
+terminal state with its reason. ``Backoff`` gives the delay before the next
+try of a unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Exponential delay: ``first`` seconds, doubling, at most ``ceiling``."""
+
+    first: float = 1.0
+    ceiling: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError('Argument "attempt" must be at least 1.')
+        return float(min(self.ceiling, self.first * 2 ** (attempt - 1)))
+
+
+class Worker(threading.Thread):
+    """A supervised background loop.
+
+    Parameters
+    ----------
+    name
+        Thread name, also used in logs and health checks.
+    stop
+        Set by the daemon to stop every worker.
+    idle_seconds
+        Wait between rounds that found nothing to do.
+    stuck_seconds
+        How long a round may take before the worker counts as stuck.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stop: threading.Event,
+        idle_seconds: float = 0.5,
+        stuck_seconds: float = 300.0,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        if idle_seconds <= 0:
+            raise ValueError('Argument "idle_seconds" must be positive.')
+        self.stop = stop
+        self.idle_seconds = idle_seconds
+        self.stuck_seconds = stuck_seconds
+        self.heartbeat = time.monotonic()
+        self.failed_rounds = 0
+        self.round_backoff = Backoff(first=idle_seconds, ceiling=30.0)
+
+    def tick(self) -> bool:
+        """One round of work; True when it did something (the next round starts at once)."""
+        raise NotImplementedError
+
+    def beat(self) -> None:
+        """Refresh the heartbeat: a long round calls this between its items."""
+        self.heartbeat = time.monotonic()
+
+    def stuck(self, now: float) -> bool:
+        return now - self.heartbeat > self.stuck_seconds
+
+    def run(self) -> None:
+        logger.info("Worker %s started", self.name)
+        wait = 0.0
+        while not self.stop.wait(wait):
+            self.beat()
+            try:
+                busy = self.tick()
+            except Exception:
+                self.failed_rounds += 1
+                wait = self.round_backoff.delay(self.failed_rounds)
+                # Log the first failure of a streak in full, then only now and then.
+                if self.failed_rounds == 1 or self.failed_rounds % 20 == 0:
+                    logger.exception(
+                        "Worker %s failed (%d in a row); next round in %.1f s",
+                        self.name,
+                        self.failed_rounds,
+                        wait,
+                    )
+                continue
+            if self.failed_rounds:
+                logger.info(
+                    "Worker %s recovered after %d failed rounds", self.name, self.failed_rounds
+                )
+                self.failed_rounds = 0
+            wait = 0.0 if busy else self.idle_seconds
+        logger.info("Worker %s stopped", self.name)
