@@ -38,5 +38,9 @@ class StorageError(TriageError):
     """The database or the spool cannot be used."""
 
 
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached now (restarting, failing over); try again later."""
+
+
 class DeliveryError(TriageError):
     """A report could not be delivered to a destination."""

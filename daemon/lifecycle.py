@@ -22,13 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import Settings, load_settings
 from daemon.delivery import Deliverer
-from daemon.errors import StorageError, TriageError
+from daemon.errors import DatabaseUnavailable, StorageError, TriageError
 from daemon.explain import Explainer
 from daemon.health import LastError, write_status
 from daemon.inference import Classifier
@@ -45,6 +46,9 @@ from storage.database import create_database_engine, make_session_factory, requi
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 20.0
+# How long start-up waits for a database that cannot be reached (restarting,
+# failing over) before it exits with a status systemd restarts.
+DATABASE_WAIT_SECONDS = 60.0
 # How long the occlusion poller may go without a round before it counts as stuck.
 STUCK_SECONDS = {"explainer": 300.0}
 WORK_QUEUE_SIZE = 1000
@@ -77,6 +81,27 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+def wait_for_database(engine: Engine, seconds: float) -> bool:
+    """Wait until the database answers; False if it did not within ``seconds``.
+
+    Raises ``StorageError`` at once for a database at the wrong schema.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            require_current(engine)
+            return True
+        except DatabaseUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                logger.error("%s; giving up after %.0f s", exc, seconds)
+                return False
+            if delay == 0.5:
+                logger.warning("%s; waiting for it", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
@@ -203,7 +228,10 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     logger.info("Starting dicom-triage: %s", settings.describe())
     try:
         engine = create_database_engine(settings.storage.database_url)
-        require_current(engine)
+        if not wait_for_database(engine, DATABASE_WAIT_SECONDS):
+            # Restartable: systemd tries again (Restart=on-failure); a wrong
+            # schema below is a configuration error it must not retry.
+            return ExitCode.FAILURE
         classifiers = load_classifiers(settings)
         spool = Spool(settings.spool_dir)
         if removed := spool.remove_partial_writes():

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
     Verification,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
@@ -138,16 +138,19 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
 
     uid = str(header.SOPInstanceUID)
     digest: str | None = None
-    with context.sessions() as session:
-        existing = queries.find_instance(session, uid)
-        if existing is not None and context.duplicate_policy == "replace_if_different":
-            digest = received_sha256(content)
-        if existing is not None and (
-            context.duplicate_policy == "keep_first" or existing.sha256 == digest
-        ):
-            logger.info("Duplicate instance from %s: the first copy is kept", calling)
-            return Status.SUCCESS
-        replaced_path = existing.path if existing is not None else None
+    try:
+        with context.sessions() as session:
+            existing = queries.find_instance(session, uid)
+            if existing is not None and context.duplicate_policy == "replace_if_different":
+                digest = received_sha256(content)
+            if existing is not None and (
+                context.duplicate_policy == "keep_first" or existing.sha256 == digest
+            ):
+                logger.info("Duplicate instance from %s: the first copy is kept", calling)
+                return Status.SUCCESS
+            replaced_path = existing.path if existing is not None else None
+    except OperationalError as exc:
+        return _database_away(calling, exc)
     # Each instance is read for its digest once: here for a duplicate that may
     # replace the first copy, otherwise while the spool copies it.
     stored = context.spool.store(content, uid, digest)
@@ -159,6 +162,9 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
         context.spool.discard(stored)
         logger.info("Duplicate instance from %s: the first copy is kept", calling)
         return Status.SUCCESS
+    except OperationalError as exc:
+        context.spool.discard(stored)
+        return _database_away(calling, exc)
     except Exception:
         # Never SUCCESS for an instance that is not recorded: the sender
         # keeps it and sends it again.
@@ -178,6 +184,20 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
         logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
         return Status.COERCION_OF_DATA_ELEMENTS
     return Status.SUCCESS
+
+
+def _database_away(calling: str, error: OperationalError) -> int:
+    """The database cannot be reached (a restart, a failover): refuse for now.
+
+    0xA700 tells the sender to keep the instance and try again later, as
+    for a full disk; nothing is acknowledged that is not recorded.
+    """
+    logger.error(
+        "Refusing an instance from %s: the database is unavailable (%s)",
+        calling,
+        type(error.orig).__name__ if error.orig is not None else type(error).__name__,
+    )
+    return Status.OUT_OF_RESOURCES
 
 
 class _StoredFirstElsewhere(Exception):

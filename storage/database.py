@@ -17,9 +17,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.errors import StorageError
+from daemon.errors import DatabaseUnavailable, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +86,15 @@ def upgrade(engine: Engine) -> None:
 
 
 def require_current(engine: Engine) -> None:
-    """Raise ``StorageError`` unless the database is at the newest revision."""
+    """Raise ``StorageError`` unless the database is at the newest revision.
+
+    ``DatabaseUnavailable`` (a ``StorageError``) when it cannot be reached at
+    all: that passes, a wrong schema does not.
+    """
     try:
         current = current_revision(engine)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"The database cannot be reached: {exc.orig or exc}") from exc
     except Exception as exc:
         raise StorageError(f"Cannot read the database schema version: {exc}") from exc
     head = head_revision()

@@ -108,8 +108,10 @@ def database_backend() -> Iterator[str]:
     server = PostgresServer()
     server.start()
     peers.DATABASE_FACTORY.append(server.new_database_url)
+    peers.POSTGRES_SERVER.append(server)
     try:
         yield backend
     finally:
         peers.DATABASE_FACTORY.clear()
+        peers.POSTGRES_SERVER.clear()
         server.stop()

@@ -67,6 +67,7 @@ class DatabaseView:
 
 # Set by conftest.py when the suite runs against PostgreSQL.
 DATABASE_FACTORY: list[Any] = []
+POSTGRES_SERVER: list[Any] = []  # the tests.postgres.PostgresServer, to restart it
 
 
 class TriageDaemon:
@@ -119,8 +120,10 @@ class TriageDaemon:
             check=check,
         )
 
-    def start(self, timeout: float = 90) -> None:
-        self.triage("db", "upgrade", *self.config_args)
+    def start(self, timeout: float = 90, upgrade: bool = True) -> None:
+        if upgrade:
+            self.triage("db", "upgrade", *self.config_args)
+        self._queue = queue.Queue()  # only this process's lines count as ready
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve", *self.config_args],
             env=self.env,
@@ -298,3 +301,43 @@ class Orthanc:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+class SilentPeer:
+    """A destination behind a misbehaving firewall: it accepts TCP and never answers.
+
+    Each accepted connection is held open, unread, until ``stop``.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.accepted = 0
+        self._socket: socket.socket | None = None
+        self._held: list[socket.socket] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", self.port))
+        self._socket.settimeout(0.2)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        assert self._socket is not None
+        while self._socket.fileno() != -1:
+            try:
+                connection, _address = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(connection)
+            self.accepted += 1
+
+    def stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        for connection in self._held:
+            connection.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,178 @@
+"""The report builder on a real database, without the network.
+
+- an image stored while a study's report is being built is never left out;
+- a late image's report supersedes the earlier one (PS3.3 C.17.2.1);
+- a study whose report cannot be built is parked with its reason after a
+  few tries, and never stops the reports of other studies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.config import Settings, StudySettings
+from daemon.reporting import MAX_REPORT_ATTEMPTS, ReportBuilder
+from dicom_io.codes import Referral
+from dicom_io.phantom_files import write_dicom_studies
+from storage import queries
+from storage.database import create_database_engine, make_session_factory, upgrade
+from storage.models import Report, Study, StudyState
+from tests.peers import run_tool
+from tests.traffic import plan_studies
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'reports.sqlite3'}")
+    upgrade(engine)
+    return make_session_factory(engine)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = write_dicom_studies("oct", tmp_path_factory.mktemp("pool"), 1, seed=301)
+    return sorted(root.rglob("*.dcm"))
+
+
+def _classification() -> queries.Classification:
+    return queries.Classification(
+        modality="oct",
+        label="CNV",
+        referral=Referral.URGENT,
+        probability=0.9,
+        probabilities={"CNV": 0.9, "DME": 0.05, "DRUSEN": 0.03, "NORMAL": 0.02},
+        model_name="test-model",
+        model_version="1",
+        model_sha256="ab" * 32,
+        execution_provider="CPUExecutionProvider",
+        inference_ms=1.0,
+    )
+
+
+def _store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
+    """Record one image and its result, as the C-STORE handler and the pipeline do."""
+    header = dcmread(path, stop_before_pixels=True)
+    with sessions() as session, session.begin():
+        instance = queries.record_instance(
+            session,
+            header,
+            transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            sha256="0" * 64,
+            calling_ae_title="SCANNER",
+        )
+        queries.record_result(session, instance, _classification())
+        return instance.study_fk
+
+
+def _builder(sessions: sessionmaker[Session]) -> ReportBuilder:
+    settings = dataclasses.replace(Settings(), study=StudySettings(stable_seconds=0))
+    return ReportBuilder(settings, sessions, threading.Event())
+
+
+def _referenced(content: bytes) -> set[str]:
+    sr = dcmread(BytesIO(content))
+    return {
+        str(item.ReferencedSOPInstanceUID)
+        for evidence in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in evidence.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+
+
+def test_an_image_stored_while_the_report_is_built_is_in_a_report(
+    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+) -> None:
+    first, second = plan_studies(pool, tmp_path / "s", studies=1, images_per_study=2)[0].images
+    study_id = _store_triaged(sessions, first.path)
+    builder = _builder(sessions)
+
+    # The builder reads the study, then an image arrives before it commits.
+    import daemon.reporting as reporting
+
+    original = reporting.build_study_report
+
+    def build_then_receive(session: Session, study: Study) -> reporting.BuiltReport | None:
+        built = original(session, study)
+        _store_triaged(sessions, second.path)
+        return built
+
+    reporting.build_study_report = build_then_receive
+    try:
+        builder.report(study_id)
+    finally:
+        reporting.build_study_report = original
+    with sessions() as session:
+        assert session.get_one(Study, study_id).state == StudyState.RECEIVING
+        assert queries.latest_report(session, study_id) is None
+
+    builder.report(study_id)  # the study is quiet now
+    with sessions() as session:
+        report = queries.latest_report(session, study_id)
+        assert report is not None
+        assert _referenced(report.content) == {first.sop_instance_uid, second.sop_instance_uid}
+
+
+def test_a_late_image_gets_a_report_that_supersedes_the_first(
+    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+) -> None:
+    first, late = plan_studies(pool, tmp_path / "s", studies=1, images_per_study=2)[0].images
+    study_id = _store_triaged(sessions, first.path)
+    builder = _builder(sessions)
+    builder.report(study_id)
+    _store_triaged(sessions, late.path)  # after the SR
+    builder.report(study_id)
+
+    with sessions() as session:
+        reports = list(session.query(Report).where(Report.study_fk == study_id).order_by(Report.id))
+        assert [r.supersedes_fk for r in reports] == [None, reports[0].id]
+        earlier, latest = (dcmread(BytesIO(r.content)) for r in reports)
+    latest_content = reports[1].content
+    assert _referenced(latest_content) == {
+        first.sop_instance_uid,
+        late.sop_instance_uid,
+    }
+    assert latest.SeriesInstanceUID == earlier.SeriesInstanceUID
+    assert (earlier.InstanceNumber, latest.InstanceNumber) == (1, 2)
+    predecessor = latest.PredecessorDocumentsSequence[0]
+    referenced = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == earlier.SOPInstanceUID
+    path = tmp_path / "latest.dcm"
+    path.write_bytes(latest_content)
+    if shutil.which("dciodvfy"):
+        checked = run_tool(["dciodvfy", str(path)])
+        assert "Error" not in checked.stderr, checked.stderr
+
+
+def test_a_study_whose_report_fails_is_parked_and_others_go_on(
+    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+) -> None:
+    broken, healthy = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
+    broken_id = _store_triaged(sessions, broken.images[0].path)
+    healthy_id = _store_triaged(sessions, healthy.images[0].path)
+    broken.images[0].path.unlink()  # the spool file is gone (purged, or on another node)
+    builder = _builder(sessions)
+
+    for attempt in range(1, MAX_REPORT_ATTEMPTS + 1):
+        builder.tick()
+        with sessions() as session, session.begin():
+            study = session.get_one(Study, broken_id)
+            assert study.report_attempts == attempt
+            # Skip the back-off: make it due now.
+            session.execute(update(Study).where(Study.id == broken_id).values(retry_at=None))
+    with sessions() as session:
+        broken_study = session.get_one(Study, broken_id)
+        assert broken_study.state == StudyState.REPORT_FAILED
+        assert "FileNotFoundError" in broken_study.report_error
+        assert session.get_one(Study, healthy_id).state == StudyState.REPORTED
+        assert queries.work_counts(session)["studies_report_failed"] == 1
