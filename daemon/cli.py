@@ -46,9 +46,16 @@ def _configure_logging(level: str, log_format: str = "text", stream: TextIO = sy
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
     )
+    # pydicom's validation warnings quote element values (a patient's name or
+    # birth date): route Python warnings through logging, and let them and
+    # pydicom's own records through only when debugging.
+    logging.captureWarnings(True)
+    debugging = level.upper() == "DEBUG"
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if debugging else logging.CRITICAL + 1)
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if debugging else logging.ERROR)
     # pynetdicom logs every PDU at INFO, including patient attributes of
     # C-FIND identifiers; keep it to warnings unless debugging.
-    if level.upper() != "DEBUG":
+    if not debugging:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         # highdicom logs the UIDs of the studies it copies from at INFO.
         logging.getLogger("highdicom").setLevel(logging.WARNING)
@@ -239,11 +246,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging("WARNING")
     with _migrated_sessions(settings)() as session, session.begin():
-        studies, files = purge_studies(
+        purge = purge_studies(
             session,
             dt.timedelta(seconds=parse_duration(args.older_than)),
             settings.retention.keep_results,
         )
+    studies, files = purge.retired, purge.files
     spool = settings.spool_dir.resolve()
     removed = 0
     for name in files:
@@ -257,6 +265,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
         f"{studies} stud{'y' if studies == 1 else 'ies'} retired, {removed} file(s) removed, "
         f"results {kept}"
     )
+    if purge.skipped_undelivered or purge.skipped_unreported:
+        print(
+            f"kept {purge.skipped_undelivered} old stud(ies) whose report is not delivered "
+            "(pending or dead-lettered: see `triage outbox list`) and "
+            f"{purge.skipped_unreported} still receiving or with a parked report"
+        )
     return 0
 
 

@@ -734,31 +734,41 @@ def purge_deliveries(session: Session, state: DeliveryState, older_than: dt.time
     return len(rows)
 
 
-def purge_studies(
-    session: Session, older_than: dt.timedelta, keep_results: bool
-) -> tuple[int, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class Purge:
+    """What ``purge_studies`` did, and what it left and why."""
+
+    retired: int
+    files: list[str]
+    skipped_undelivered: int  # a report of theirs is pending or dead-lettered
+    skipped_unreported: int  # still receiving, or their report is parked
+
+
+def purge_studies(session: Session, older_than: dt.timedelta, keep_results: bool) -> Purge:
     """Retire finished studies last touched before ``older_than`` ago.
 
-    A study qualifies when it is reported (or not reportable) and none of
-    its reports still waits for delivery. Returns the number of studies and
-    the spool files the caller deletes once this transaction commits. With
-    ``keep_results`` only the image files go; otherwise every row of the
-    study goes too (patients left without studies as well).
+    A study qualifies when it is reported (or not reportable) and every
+    delivery of every report of it has been delivered: a dead-lettered
+    report keeps its study (and its images) until it is delivered or its
+    delivery is purged. Returns the spool files the caller deletes once
+    this transaction commits, and how many old studies were skipped and
+    why. With ``keep_results`` only the image files go; otherwise every row
+    of the study goes too (patients left without studies as well).
     """
-    cutoff = utcnow() - older_than
-    waiting = exists().where(
+    cutoff = database_now(session) - older_than
+    undelivered = exists().where(
         Report.study_fk == Study.id,
         Delivery.report_fk == Report.id,
-        Delivery.state == DeliveryState.PENDING,
+        Delivery.state != DeliveryState.DELIVERED,
     )
-    studies = list(
-        session.scalars(
-            select(Study).where(
-                Study.last_received_at < cutoff,
-                Study.state.in_([StudyState.REPORTED, StudyState.NOT_REPORTABLE]),
-                ~waiting,
-            )
-        )
+    old = Study.last_received_at < cutoff
+    finished = Study.state.in_([StudyState.REPORTED, StudyState.NOT_REPORTABLE])
+    studies = list(session.scalars(select(Study).where(old, finished, ~undelivered)))
+    skipped_undelivered = session.scalar(
+        select(func.count()).select_from(Study).where(old, finished, undelivered)
+    )
+    skipped_unreported = session.scalar(
+        select(func.count()).select_from(Study).where(old, ~finished)
     )
     files: list[str] = []
     for study in studies:
@@ -789,7 +799,7 @@ def purge_studies(
         session.flush()
         if not session.scalar(select(exists().where(Study.patient_fk == patient.id))):
             session.delete(patient)
-    return len(studies), files
+    return Purge(len(studies), files, int(skipped_undelivered or 0), int(skipped_unreported or 0))
 
 
 def delivery_counts(session: Session) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from pydicom import dcmread
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import Settings, StudySettings
+from daemon.config import Destination, Settings, StudySettings
 from daemon.reporting import MAX_REPORT_ATTEMPTS, ReportBuilder
 from dicom_io.codes import Referral
 from dicom_io.phantom_files import write_dicom_studies
@@ -176,3 +176,38 @@ def test_a_study_whose_report_fails_is_parked_and_others_go_on(
         assert "FileNotFoundError" in broken_study.report_error
         assert session.get_one(Study, healthy_id).state == StudyState.REPORTED
         assert queries.work_counts(session)["studies_report_failed"] == 1
+
+
+def test_purge_keeps_a_study_whose_report_was_not_delivered(
+    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+) -> None:
+    """A dead-lettered report is the only copy of the result: its study stays."""
+    import datetime as dt
+
+    from storage.models import Delivery, DeliveryState
+
+    delivered, dead = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
+    ids = [_store_triaged(sessions, study.images[0].path) for study in (delivered, dead)]
+    settings = dataclasses.replace(
+        Settings(),
+        study=StudySettings(stable_seconds=0),
+        destinations=(Destination("PACS", "127.0.0.1", 104),),
+    )
+    builder = ReportBuilder(settings, sessions, threading.Event())
+    for study_id in ids:
+        builder.report(study_id)
+    with sessions() as session, session.begin():
+        for study_id, state in zip(
+            ids, (DeliveryState.DELIVERED, DeliveryState.FAILED), strict=True
+        ):
+            report = queries.latest_report(session, study_id)
+            assert report is not None
+            session.execute(
+                update(Delivery).where(Delivery.report_fk == report.id).values(state=state)
+            )
+    with sessions() as session, session.begin():
+        purge = queries.purge_studies(session, dt.timedelta(0), keep_results=False)
+    assert (purge.retired, purge.skipped_undelivered) == (1, 1)
+    with sessions() as session:
+        assert session.get(Study, ids[0]) is None
+        assert session.get(Study, ids[1]) is not None

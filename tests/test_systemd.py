@@ -39,6 +39,8 @@ def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
         "Restart=on-failure",
         "WatchdogSec=30",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "MemoryHigh=6G",
+        "MemoryMax=8G",
     ):
         assert line in text.splitlines()
     security = subprocess.run(
