@@ -2,14 +2,18 @@
 
 Every study whose triage is an urgent referral is one scheduled procedure
 step with Requested Procedure Priority STAT (PS3.4 K.6.1; PS3.3 C.4.11).
-Patient ID, Patient's Name, Accession Number and the step's Modality are
-matched as the query asks (single value or ``*``/``?`` wildcards).
+Matching follows PS3.4 C.2.2.2: Patient ID, Patient's Name, Accession
+Number and Study Instance UID by single value or ``*``/``?`` wildcards (no
+other character is special); in the Scheduled Procedure Step Sequence, the
+Modality and Scheduled Station AE Title the same way, and the start date and
+time by range. The answer is bounded: the ``MAX_ANSWERS`` most recent
+matching items.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +27,11 @@ from storage.queries import WorklistEntry, urgent_worklist
 logger = logging.getLogger(__name__)
 
 PRIORITY_STAT = "STAT"
+# At most this many items in one answer, the most recent matching decisions
+# (a query narrows them by date, station, modality or patient), out of at
+# most MAX_SCANNED urgent studies read for one query.
+MAX_ANSWERS = 500
+MAX_SCANNED = 20_000
 
 
 def entry_to_dataset(entry: WorklistEntry, station_ae_title: str) -> Dataset:
@@ -53,25 +62,60 @@ def entry_to_dataset(entry: WorklistEntry, station_ae_title: str) -> Dataset:
     return ds
 
 
-def _matches(pattern: object, value: str) -> bool:
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """A DICOM wildcard as a regular expression: only ``*`` and ``?`` are special."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def match_value(pattern: object, value: str) -> bool:
+    """Single value or wildcard matching (PS3.4 C.2.2.2.1, C.2.2.2.4); empty matches all."""
     text = str(pattern or "")
     if text in ("", "*"):
         return True
     if "*" in text or "?" in text:
-        return fnmatch.fnmatchcase(value, text)
+        return _wildcard(text).fullmatch(value) is not None
     return value == text
 
 
-def matches_query(entry: WorklistEntry, query: Dataset) -> bool:
-    step_query = None
-    if "ScheduledProcedureStepSequence" in query and query.ScheduledProcedureStepSequence:
+def match_range(pattern: object, value: str) -> bool:
+    """Date or time range matching (PS3.4 C.2.2.2.5): ``A``, ``A-B``, ``A-``, ``-B``.
+
+    ``value`` and the bounds are compared as DICOM DA or TM strings, whose
+    order is their chronological order; a time bound like ``1000`` covers
+    every second of that minute.
+    """
+    text = str(pattern or "")
+    if text in ("", "*"):
+        return True
+    if "-" not in text:
+        return value.startswith(text) or value == text
+    low, high = text.split("-", 1)
+    if low and value < low:
+        return False
+    return not high or value[: len(high)] <= high
+
+
+def matches_query(entry: WorklistEntry, query: Dataset, station_ae_title: str) -> bool:
+    """Whether a worklist item matches a C-FIND identifier (PS3.4 C.2.2.2, K.6.1.2).
+
+    The Scheduled Procedure Step Sequence is matched item-wise (sequence
+    matching): an empty item, or none, matches every step.
+    """
+    step_query = Dataset()
+    if query.get("ScheduledProcedureStepSequence"):
         step_query = query.ScheduledProcedureStepSequence[0]
+    date = entry.decided_at.strftime("%Y%m%d")
+    time = entry.decided_at.strftime("%H%M%S")
     return (
-        _matches(query.get("PatientID", ""), entry.patient_id)
-        and _matches(query.get("PatientName", ""), entry.patient_name)
-        and _matches(query.get("AccessionNumber", ""), entry.accession_number)
-        and _matches(query.get("StudyInstanceUID", ""), entry.study_instance_uid)
-        and (step_query is None or _matches(step_query.get("Modality", ""), entry.modality))
+        match_value(query.get("PatientID", ""), entry.patient_id)
+        and match_value(query.get("PatientName", ""), entry.patient_name)
+        and match_value(query.get("AccessionNumber", ""), entry.accession_number)
+        and match_value(query.get("StudyInstanceUID", ""), entry.study_instance_uid)
+        and match_value(step_query.get("Modality", ""), entry.modality)
+        and match_value(step_query.get("ScheduledStationAETitle", ""), station_ae_title)
+        and match_range(step_query.get("ScheduledProcedureStepStartDate", ""), date)
+        and match_range(step_query.get("ScheduledProcedureStepStartTime", ""), time)
     )
 
 
@@ -87,12 +131,19 @@ def handle_find(
     try:
         query = event.identifier
         with sessions() as session:
-            entries = urgent_worklist(session)
+            entries = urgent_worklist(session, limit=MAX_SCANNED)
     except Exception:
         logger.exception("Worklist query failed")
         yield Status.UNABLE_TO_PROCESS, None
         return
-    matched = [entry for entry in entries if matches_query(entry, query)]
+    matched = [entry for entry in entries if matches_query(entry, query, station_ae_title)]
+    if len(matched) > MAX_ANSWERS:
+        logger.warning(
+            "Worklist query matched %d items; answering the %d most recent",
+            len(matched),
+            MAX_ANSWERS,
+        )
+        matched = matched[-MAX_ANSWERS:]
     logger.info(
         "Worklist query from %s: %d urgent item(s)", event.assoc.requestor.ae_title, len(matched)
     )

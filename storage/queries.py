@@ -627,17 +627,23 @@ class WorklistEntry:
     report_sent: bool
 
 
-def urgent_worklist(session: Session) -> list[WorklistEntry]:
-    """Every study whose result is an urgent referral, oldest decision first."""
-    rows = session.execute(
+def urgent_worklist(session: Session, limit: int | None = None) -> list[WorklistEntry]:
+    """Studies whose result is an urgent referral, oldest decision first.
+
+    With ``limit``, only the ``limit`` most recent decisions.
+    """
+    query = (
         select(Study, Patient, StudyResult, Instance, Series)
         .join(Patient, Study.patient_fk == Patient.id)
         .join(StudyResult, StudyResult.study_fk == Study.id)
         .join(Instance, StudyResult.deciding_instance_fk == Instance.id)
         .join(Series, Instance.series_fk == Series.id)
         .where(StudyResult.referral == Referral.URGENT.value)
-        .order_by(StudyResult.decided_at)
-    ).all()
+        .order_by(StudyResult.decided_at.desc(), Study.id.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    rows = list(reversed(session.execute(query).all()))
     delivered_studies = set(
         session.scalars(
             select(Report.study_fk).join(Delivery).where(Delivery.state == DeliveryState.DELIVERED)
