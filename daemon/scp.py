@@ -131,9 +131,8 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
             str(event.context.transfer_syntax),
         )
     except IngestError as exc:
-        path = context.spool.quarantine(content, exc.reason, calling)
-        metrics.INSTANCES_QUARANTINED.inc()
-        logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, path.name)
+        kept = _quarantine(context, content, exc.reason, calling)
+        logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, kept)
         return exc.status
 
     uid = str(header.SOPInstanceUID)
@@ -153,7 +152,13 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
         return _database_away(calling, exc)
     # Each instance is read for its digest once: here for a duplicate that may
     # replace the first copy, otherwise while the spool copies it.
-    stored = context.spool.store(content, uid, digest)
+    try:
+        stored = context.spool.store(content, uid, digest)
+    except OSError as exc:
+        # The disk filled up past the watermark's margin, or failed: refuse,
+        # and the sender keeps the instance and tries again.
+        logger.error("Refusing an instance from %s: cannot write it to the spool: %s", calling, exc)
+        return Status.OUT_OF_RESOURCES
     try:
         instance_id = _record(context, header, stored, event, calling, replaced_path)
     except _StoredFirstElsewhere:
@@ -180,10 +185,20 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
     with contextlib.suppress(queue.Full):
         context.work.put_nowait(instance_id)
     if warnings := coercion_warnings(header):
-        context.spool.quarantine(content, "; ".join(warnings), calling)
+        _quarantine(context, content, "; ".join(warnings), calling)
         logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
         return Status.COERCION_OF_DATA_ELEMENTS
     return Status.SUCCESS
+
+
+def _quarantine(context: IngestContext, content: Received, reason: str, calling: str) -> str:
+    """Keep a copy with its reason; the file's name, or why it could not be kept."""
+    metrics.INSTANCES_QUARANTINED.inc()
+    try:
+        return context.spool.quarantine(content, reason, calling).name
+    except OSError as exc:
+        logger.error("Cannot keep a quarantined copy of an instance from %s: %s", calling, exc)
+        return "nothing: the copy could not be written"
 
 
 def _database_away(calling: str, error: OperationalError) -> int:

@@ -164,15 +164,20 @@ def _write_durably(
     temporary = scratch / f".{final.name}.{uuid.uuid4().hex}.part"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        for block in received_chunks(content):
-            if digest is not None:
-                digest.update(block)
-            view = memoryview(block)
-            while view:
-                view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        try:
+            for block in received_chunks(content):
+                if digest is not None:
+                    digest.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError:
+        # A full disk (ENOSPC) or an I/O error: leave no partial file behind.
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, final)
     _fsync_directory(final.parent)
 

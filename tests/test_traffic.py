@@ -8,11 +8,15 @@ the same generator larger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom.config
@@ -23,6 +27,7 @@ from tests import peers
 from tests.peers import Orthanc, SilentPeer, TriageDaemon
 from tests.traffic import (
     PlannedStudy,
+    add_late_image,
     check_invariants,
     leave_out,
     phantom_pool,
@@ -216,3 +221,101 @@ def test_a_database_restart_loses_nothing(
     daemon.lines.clear()
     daemon.start(upgrade=False)  # returns once it is ready, after the database is back
     assert "waiting for it" in daemon.log, daemon.log
+
+
+@pytest.fixture(scope="module")
+def cxr_pool(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return phantom_pool(tmp_path_factory.mktemp("cxr-pool"), "cxr", 2, seed=212)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem that fills up: a tmpfs of ``size`` (needs root, as in make test)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Fill ``disk`` until about ``leave_bytes`` are free; remove the file to free it."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as handle:
+        handle.truncate(0)
+        chunk = b"\0" * (1 << 20)
+        remaining = max(free - leave_bytes, 0)
+        while remaining > 0:
+            remaining -= handle.write(chunk[: min(len(chunk), remaining)])
+    return filler
+
+
+def test_mixed_traffic_with_faults(
+    tmp_path: Path, oct_pool: list[Path], cxr_pool: list[Path], model_dirs: dict[str, Path]
+) -> None:
+    """Two scanners over parallel associations, duplicates, late images, a PACS that is
+    down and comes back, a spool disk that fills up; every invariant holds."""
+    pacs = Orthanc(tmp_path / "orthanc")
+    with small_disk(tmp_path / "spool", "48m") as spool:
+        daemon = _daemon(
+            tmp_path,
+            model_dirs,
+            pacs,
+            TRIAGE_STORAGE_SPOOL_DIR=str(spool),
+            TRIAGE_STORAGE_MIN_FREE_BYTES="0",  # a real ENOSPC, not the watermark
+            TRIAGE_DELIVERY_RETRY_SCHEDULE="100x1s",
+        )
+        octs = plan_studies(oct_pool, tmp_path / "oct", studies=4, images_per_study=4, seed=7)
+        chests = plan_studies(
+            cxr_pool, tmp_path / "cxr", studies=3, images_per_study=2, views=("PA", "LL"), seed=8
+        )
+        daemon.start()  # the PACS is down: nothing listens on its port yet
+        try:
+            with ThreadPoolExecutor(max_workers=2) as scanners:
+                sent = [
+                    scanners.submit(send_in_parallel, daemon, study_batches(s), ae, 8)
+                    for s, ae in ((octs, "OCTSCANNER"), (chests, "DXROOM1"))
+                ]
+                acknowledged = set().union(*(f.result() for f in sent))
+            # A router sends some images again.
+            again = [study.images[0] for study in octs[:2]]
+            assert send_in_parallel(daemon, [again]) == {i.sop_instance_uid for i in again}
+            studies = [*octs, *chests]
+            daemon.wait_for_reported_studies(len(studies), timeout=120)
+
+            pacs.start(triage_port=daemon.port)  # the PACS is back
+            late = [add_late_image(study, tmp_path / "late") for study in (octs[0], chests[0])]
+            acknowledged |= send_in_parallel(daemon, [[image] for image in late])
+
+            # The spool's disk fills up: what cannot be written is refused, not lost.
+            filler = fill(spool, leave_bytes=600_000)
+            extra = plan_studies(
+                oct_pool, tmp_path / "extra", studies=2, images_per_study=3, seed=9
+            )
+            during = send_in_parallel(daemon, study_batches(extra))
+            refused = sum(len(s.images) for s in extra) - len(during)
+            filler.unlink()
+            acknowledged |= during | send_in_parallel(daemon, study_batches(extra))
+            studies += extra
+
+            findings = wait_until_reported(daemon, studies, acknowledged, pacs, timeout=180)
+            print(f"\n{findings.summary()}; refused while the disk was full: {refused}")
+            assert refused > 0, "the disk never filled up"
+            assert findings.acknowledged == sum(len(s.images) for s in studies)
+            assert findings.held, f"{findings}\n{daemon.log}"
+            superseding = daemon.database().execute(
+                "select count(*) from reports where supersedes_fk is not null"
+            )
+            assert superseding.fetchone()[0] >= 2  # the late images' studies
+            assert daemon.process is not None and daemon.process.poll() is None
+            assert "systemd restarts" not in daemon.log
+        finally:
+            code = daemon.stop()
+            pacs.stop()
+        assert code == 0, daemon.log

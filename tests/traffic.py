@@ -59,6 +59,7 @@ def plan_studies(
     series_per_study: int = 2,
     studies_per_patient: int = 2,
     empty_patient_id_every: int = 3,
+    views: Sequence[str] = (),
     seed: int = 0,
 ) -> list[PlannedStudy]:
     """Compose multi-image studies from single-image phantoms.
@@ -67,7 +68,8 @@ def plan_studies(
     ``series_per_study`` series, with fresh UIDs. Patients have up to
     ``studies_per_patient`` studies; every ``empty_patient_id_every``-th
     study comes from a device that sends no Patient ID (a different person
-    each time).
+    each time). ``views`` gives each series a View Position (a chest PA
+    and lateral: ``("PA", "LL")``).
     """
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,9 @@ def plan_studies(
             series = index % series_per_study
             dataset.SeriesInstanceUID = series_uids[series]
             dataset.SeriesNumber = series + 1
+            if views:
+                dataset.ViewPosition = views[series % len(views)]
+                dataset.SeriesDescription = dataset.ViewPosition
             dataset.InstanceNumber = index // series_per_study + 1
             dataset.SOPInstanceUID = generate_uid()
             dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
@@ -103,6 +108,23 @@ def plan_studies(
             images.append(PlannedImage(path, str(dataset.SOPInstanceUID), study_uid))
         planned.append(PlannedStudy(study_uid, patient_id, name, images))
     return planned
+
+
+def add_late_image(study: PlannedStudy, out: Path) -> PlannedImage:
+    """One more image of ``study`` (a copy of its first with a new SOP Instance UID).
+
+    Sent after the study's SR, it must lead to a newer SR that includes it.
+    """
+    dataset = dcmread(study.images[0].path)
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.InstanceNumber = len(study.images) + 1
+    path = out / f"late-{dataset.SOPInstanceUID}.dcm"
+    out.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    image = PlannedImage(path, str(dataset.SOPInstanceUID), study.study_instance_uid)
+    study.images.append(image)
+    return image
 
 
 def acknowledged_files(output: str) -> list[str]:
