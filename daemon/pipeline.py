@@ -18,12 +18,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
+from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
 from daemon.errors import InferenceError
 from daemon.inference import Classifier
 from daemon.routing import route
 from daemon.worker import Worker
 from dicom_io.codes import TriageModality
-from dicom_io.pixels import decode_all_frames, decode_instance
 from storage import queries
 from storage.models import InstanceState
 
@@ -39,18 +39,21 @@ LEASE_SECONDS = 60.0
 
 
 def classify_file(
-    path: Path, classifier: Classifier, all_frames: bool = False
+    path: Path,
+    classifier: Classifier,
+    all_frames: bool = False,
+    decoder: IsolatedDecoder | None = None,
 ) -> queries.Classification:
-    """The pure step: decode the file's image and classify it.
+    """Decode the file's image and classify it.
 
     With ``all_frames`` every frame of a multi-frame image is classified and
     the most urgent one (the most confident among equals) is the result,
-    with its frame number.
+    with its frame number. With ``decoder`` the pixel data is decoded in its
+    child process (the daemon's way); without, in this process.
     """
-    if not all_frames:
-        decoded = decode_instance(path)
-        return classifier.classify(decoded.image, decoded.frame_number)
-    frames = decode_all_frames(path)
+    frames = decoder.decode(path, all_frames) if decoder is not None else decode(path, all_frames)
+    if len(frames) == 1:
+        return classifier.classify(frames[0].image, frames[0].frame_number)
     results = classifier.classify_many([f.image for f in frames], [f.frame_number for f in frames])
     return min(results, key=lambda r: (r.referral.rank, -r.probability))
 
@@ -85,8 +88,10 @@ class TriagePipeline(Worker):
         stop: threading.Event,
         idle_seconds: float = 0.5,
         oct_all_frames: bool = False,
+        decoder: IsolatedDecoder | None = None,
     ) -> None:
         super().__init__("triage-pipeline", stop, idle_seconds=0.05, stuck_seconds=300.0)
+        self.decoder = decoder if decoder is not None else IsolatedDecoder()
         self.sessions = sessions
         self.classifiers = classifiers
         self.work = work
@@ -118,12 +123,23 @@ class TriagePipeline(Worker):
             return
         try:
             self._triage(leased)
-        except Exception:
+        except DecoderCrashed as exc:
+            # The image may be to blame, or the host: tried again, up to MAX_ATTEMPTS.
+            logger.error(
+                "Instance %d: %s (attempt %d of %d)",
+                instance_id,
+                exc,
+                leased.attempts,
+                MAX_ATTEMPTS,
+            )
+            with self.sessions() as session, session.begin():
+                queries.release_instance(session, instance_id, str(exc))
+        except Exception as exc:
             # A bug or a database hiccup: the instance goes back for another
             # try (its attempt is counted); the worker carries on.
             logger.exception("Unexpected error while triaging instance %d", instance_id)
             with self.sessions() as session, session.begin():
-                queries.release_instance(session, instance_id)
+                queries.release_instance(session, instance_id, f"{type(exc).__name__}: {exc}")
 
     def _lease(self, instance_id: int) -> _Leased | None:
         with self.sessions() as session, session.begin():
@@ -135,8 +151,8 @@ class TriagePipeline(Worker):
                     session,
                     instance,
                     InstanceState.FAILED,
-                    f"Given up after {MAX_ATTEMPTS} attempts; the last ones did not finish "
-                    f"(the image crashed or hung the worker). {instance.error}".strip(),
+                    f"Given up after {MAX_ATTEMPTS} attempts that did not finish. "
+                    f"Last error: {instance.error or 'none recorded (the worker stopped)'}",
                 )
                 logger.error(
                     "Instance %d given up after %d attempts that did not finish",
@@ -179,7 +195,7 @@ class TriagePipeline(Worker):
         try:
             all_frames = self.oct_all_frames and target == TriageModality.OCT
             with metrics.INFERENCE_SECONDS.time():
-                result = classify_file(Path(leased.path), classifier, all_frames)
+                result = classify_file(Path(leased.path), classifier, all_frames, self.decoder)
         except InferenceError as exc:
             self._finish(leased, InstanceState.FAILED, str(exc))
             logger.warning("Instance %d could not be triaged: %s", leased.id, exc)

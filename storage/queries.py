@@ -276,12 +276,12 @@ def leased_instance(session: Session, instance_id: int, path: str) -> Instance |
     )
 
 
-def release_instance(session: Session, instance_id: int) -> None:
-    """Give a leased instance back for another try (after a transient error)."""
+def release_instance(session: Session, instance_id: int, error: str) -> None:
+    """Give a leased instance back for another try, keeping the error that stopped this one."""
     session.execute(
         update(Instance)
         .where(Instance.id == instance_id, Instance.state == InstanceState.RECEIVED)
-        .values(lease_until=None)
+        .values(lease_until=None, error=error[:2000])
     )
 
 

@@ -1,0 +1,210 @@
+"""Traffic run: the real daemon under the shapes of real traffic, larger than CI's.
+
+Run it as root inside a loopback-only network namespace, as ``make test``
+does (it starts Orthanc and, with ``--database postgresql``, PostgreSQL)::
+
+    bash tests/run_in_netns.sh .venv/bin/python -m bench.traffic --oct-studies 20
+    TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh \\
+        .venv/bin/python -m bench.traffic --database postgresql
+
+What it does, in order (every step bounded in count and time):
+
+1. OCT studies (two series each) from one scanner and chest studies (PA
+   plus lateral) from another, every image over its own association, all
+   at once, while the PACS is down (nothing listens);
+2. duplicates of some images; the PACS then comes up *silent* (accepts TCP,
+   never answers), then for real;
+3. late images after their study's SR;
+4. on PostgreSQL, a server restart while images arrive;
+5. the spool's disk (a tmpfs) fills up while images arrive, then frees.
+
+Then it checks the invariants of ``tests/traffic.py`` and prints one line
+of figures per step and the findings, for ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from daemon.demo import ensure_models
+from tests import peers
+from tests.peers import Orthanc, TriageDaemon
+from tests.traffic import (
+    add_late_image,
+    phantom_pool,
+    plan_studies,
+    send_in_parallel,
+    study_batches,
+    wait_until_reported,
+)
+
+
+def _silent_then_real(pacs: Orthanc, seconds: float) -> int:
+    """Hold the PACS's port open without answering for ``seconds``; return connections held."""
+    held = []
+    server = socket.create_server(("127.0.0.1", pacs.dicom_port))
+    server.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            connection, _ = server.accept()
+            held.append(connection)
+        except TimeoutError:
+            continue
+    server.close()
+    for connection in held:
+        connection.close()
+    return len(held)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--oct-studies", type=int, default=20)
+    parser.add_argument("--oct-images", type=int, default=6)
+    parser.add_argument("--cxr-studies", type=int, default=10)
+    parser.add_argument("--parallel", type=int, default=24, help="associations at once")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--silent-seconds", type=float, default=20.0)
+    parser.add_argument("--state-dir", default="var/bench")
+    args = parser.parse_args()
+
+    state = Path(args.state_dir).resolve()
+    ensure_models(state)
+    models = {m: state / "models" / m for m in ("oct", "cxr")}
+    work = Path(tempfile.mkdtemp(prefix="triage-traffic-"))
+    server = None
+    if args.database == "postgresql":
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        peers.DATABASE_FACTORY.append(server.new_database_url)
+    spool = work / "spool"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(spool)], check=True)
+    pacs = Orthanc(work / "orthanc")
+    daemon = TriageDaemon(
+        work / "state",
+        models,
+        TRIAGE_DESTINATIONS=json.dumps(
+            [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}]
+        ),
+        # Both scanners at full parallelism, and room for the worklist.
+        TRIAGE_DICOM_MAX_ASSOCIATIONS=str(2 * args.parallel + 8),
+        TRIAGE_STORAGE_SPOOL_DIR=str(spool),
+        TRIAGE_STORAGE_MIN_FREE_BYTES="0",
+        TRIAGE_DELIVERY_RETRY_SCHEDULE="1000x1s",
+    )
+    figures: list[str] = []
+    try:
+        oct_pool = phantom_pool(work / "pool", "oct", 3, seed=401)
+        cxr_pool = phantom_pool(work / "pool", "cxr", 3, seed=402)
+        octs = plan_studies(
+            oct_pool, work / "oct", studies=args.oct_studies, images_per_study=args.oct_images
+        )
+        chests = plan_studies(
+            cxr_pool,
+            work / "cxr",
+            studies=args.cxr_studies,
+            images_per_study=2,
+            views=("PA", "LL"),
+            seed=1,
+        )
+        studies = [*octs, *chests]
+        daemon.start()
+        pid = daemon.process.pid if daemon.process else 0
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=2) as scanners:
+            sent = [
+                scanners.submit(send_in_parallel, daemon, study_batches(s), ae, args.parallel)
+                for s, ae in ((octs, "OCTSCANNER"), (chests, "DXROOM1"))
+            ]
+            acknowledged = set().union(*(f.result() for f in sent))
+        images = sum(len(s.images) for s in studies)
+        elapsed = time.monotonic() - started
+        figures.append(
+            f"parallel arrival: {len(acknowledged)}/{images} images of {len(studies)} studies "
+            f"acknowledged over {images} associations ({args.parallel} at once) in {elapsed:.1f} s"
+        )
+        again = [s.images[0] for s in octs[: max(1, len(octs) // 4)]]
+        duplicates = send_in_parallel(daemon, [[i] for i in again], "OCTSCANNER", args.parallel)
+        figures.append(f"duplicates: {len(duplicates)}/{len(again)} acknowledged again")
+
+        daemon.wait_for_reported_studies(len(studies), timeout=600)
+        held = _silent_then_real(pacs, args.silent_seconds)
+        figures.append(f"PACS down, then silent for {args.silent_seconds:.0f} s: {held} held")
+        pacs.start(triage_port=daemon.port)
+
+        late = [add_late_image(s, work / "late") for s in studies[:: max(1, len(studies) // 5)]]
+        acknowledged |= send_in_parallel(daemon, [[i] for i in late], "OCTSCANNER", args.parallel)
+        figures.append(f"late images after their SR: {len(late)}")
+
+        if server is not None:
+            restart = plan_studies(
+                oct_pool, work / "restart", studies=4, images_per_study=3, seed=2
+            )
+            server.pause()
+            during = send_in_parallel(daemon, study_batches(restart), "OCTSCANNER", args.parallel)
+            time.sleep(3)
+            server.resume()
+            acknowledged |= during | send_in_parallel(
+                daemon, study_batches(restart), "OCTSCANNER", args.parallel
+            )
+            studies += restart
+            figures.append(
+                f"PostgreSQL restart: {len(during)} acknowledged while it was down, "
+                f"{sum(len(s.images) for s in restart)} after"
+            )
+
+        filler = spool / "filler"
+        free = shutil.disk_usage(spool).free
+        with filler.open("wb") as handle:
+            handle.truncate(0)
+            block = b"\0" * (1 << 20)
+            remaining = max(free - 2_000_000, 0)
+            while remaining > 0:
+                remaining -= handle.write(block[: min(len(block), remaining)])
+        full = plan_studies(oct_pool, work / "full", studies=4, images_per_study=4, seed=3)
+        full_images = sum(len(s.images) for s in full)
+        during = send_in_parallel(daemon, study_batches(full), "OCTSCANNER", args.parallel)
+        filler.unlink()
+        acknowledged |= during | send_in_parallel(
+            daemon, study_batches(full), "OCTSCANNER", args.parallel
+        )
+        studies += full
+        figures.append(
+            f"disk full: {full_images - len(during)} of {full_images} images refused, "
+            "then all sent again"
+        )
+
+        started = time.monotonic()
+        findings = wait_until_reported(daemon, studies, acknowledged, pacs, timeout=900)
+        figures.append(f"settled in {time.monotonic() - started:.1f} s after the last fault")
+        restarted = daemon.process is None or daemon.process.pid != pid
+        restarted = restarted or daemon.process.poll() is not None
+        figures.append(f"daemon restarted or died: {'yes' if restarted else 'no'}")
+        figures.append(f"findings: {findings.summary()}")
+        for line in figures:
+            print(line)
+        if not findings.held:
+            print(findings)
+    finally:
+        daemon.stop()
+        pacs.stop()
+        subprocess.run(["umount", "-l", str(spool)], capture_output=True)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Decode untrusted pixel data in a child process, with bounded memory and time.
+
+Received images come from devices and networks the daemon does not
+control, and pixel decoders (JPEG, JPEG-LS, JPEG 2000, RLE) are native
+code. A crafted or damaged image could crash such a decoder, exhaust
+memory or hang. Decoding therefore runs in a child process (a forkserver
+child: it inherits neither ONNX Runtime's threads nor the database
+connections) whose address space is capped (``RLIMIT_AS``) and whose every
+call has a deadline. A crash, a hang or an out-of-memory ends or is killed
+with the child, never the daemon; a fresh child takes the next image. The
+gate (``daemon.validate``) has already refused declared sizes beyond its
+bounds before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, TypeVar
+
+from daemon.errors import InferenceError
+from dicom_io.pixels import DecodedImage, decode_all_frames, decode_instance
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# More than any image the gate lets through needs while decoding (a 512 M
+# sample volume is refused; the pipeline works frame by frame otherwise).
+MEMORY_LIMIT_BYTES = 6 * 1024**3
+TIMEOUT_SECONDS = 60.0
+
+
+class DecoderCrashed(Exception):
+    """The decoding child died (a native crash, or killed for memory) or hung.
+
+    Not an ``InferenceError``: the image may be innocent (the host was out of
+    memory), so it is tried again, up to the pipeline's attempts.
+    """
+
+
+def decode(path: Path, all_frames: bool) -> list[DecodedImage]:
+    """The image(s) to classify: the centre frame, or every frame."""
+    return decode_all_frames(path) if all_frames else [decode_instance(path)]
+
+
+def _limit_memory(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+class IsolatedDecoder:
+    """Runs decoding calls in one child process, one call at a time."""
+
+    def __init__(
+        self,
+        memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
+        timeout_seconds: float = TIMEOUT_SECONDS,
+    ) -> None:
+        if memory_limit_bytes < 256 * 1024**2:
+            raise ValueError('Argument "memory_limit_bytes" must be at least 256 MiB.')
+        if timeout_seconds <= 0:
+            raise ValueError('Argument "timeout_seconds" must be positive.')
+        self.memory_limit_bytes = memory_limit_bytes
+        self.timeout_seconds = timeout_seconds
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def decode(self, path: Path, all_frames: bool = False) -> list[DecodedImage]:
+        return self.run(decode, path, all_frames)
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in the child; its result, or its exception re-raised.
+
+        Raises ``DecoderCrashed`` when the child dies or passes the deadline
+        (it is then killed), and ``InferenceError`` when it runs out of its
+        memory allowance.
+        """
+        with self._lock:
+            executor = self._child()
+            future = executor.submit(function, *args)
+            try:
+                return future.result(timeout=self.timeout_seconds)
+            except FutureTimeout:
+                self._discard(kill=True)
+                raise DecoderCrashed(
+                    f"Decoding took longer than {self.timeout_seconds:.0f} s; the decoder was "
+                    "stopped."
+                ) from None
+            except BrokenProcessPool:
+                self._discard(kill=False)
+                raise DecoderCrashed(
+                    "The decoder process died while decoding (a crash in a native decoder, "
+                    "or killed for memory)."
+                ) from None
+            except MemoryError:
+                raise InferenceError(
+                    f"Decoding needs more than the decoder's "
+                    f"{self.memory_limit_bytes / 1024**3:.1f} GiB of memory."
+                ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard(kill=False)
+
+    def _child(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_limit_memory,
+                initargs=(self.memory_limit_bytes,),
+            )
+        return self._executor
+
+    def _discard(self, kill: bool) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if kill:
+            # A hung child never returns: end it. (ProcessPoolExecutor has no
+            # public way to kill its workers before Python 3.14.)
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,146 @@
+"""Decoding runs in a child process: a crash, a hang or a memory blow-up there
+never takes the daemon down, and the next image is decoded by a fresh child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.decoding import DecoderCrashed, IsolatedDecoder
+from daemon.errors import InferenceError
+from dicom_io.phantom_files import write_dicom_studies
+from dicom_io.pixels import decode_instance
+from storage.models import Instance, InstanceState
+
+
+def _crash() -> None:
+    os.abort()  # as a segfault in a native decoder would end the process
+
+
+def _hang() -> None:
+    time.sleep(3600)
+
+
+def _exhaust_memory() -> None:
+    np.ones(8 * 1024**3, dtype=np.uint8)  # more than the child's allowance
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_dicom_studies("oct", tmp_path_factory.mktemp("oct"), 1, seed=501)
+    return sorted(root.rglob("*.dcm"))[0]
+
+
+def test_a_child_decodes_what_this_process_would(phantom: Path) -> None:
+    decoder = IsolatedDecoder()
+    try:
+        (child,) = decoder.decode(phantom)
+        here = decode_instance(phantom)
+        assert child.frame_number == here.frame_number
+        np.testing.assert_array_equal(child.image, here.image)
+    finally:
+        decoder.close()
+
+
+@pytest.mark.parametrize("fault", [_crash, _hang], ids=["crash", "hang"])
+def test_a_crash_or_hang_ends_the_child_not_the_caller(phantom: Path, fault: object) -> None:
+    decoder = IsolatedDecoder(timeout_seconds=5)
+    try:
+        with pytest.raises(DecoderCrashed):
+            decoder.run(fault)  # type: ignore[arg-type]
+        (image,) = decoder.decode(phantom)  # a fresh child takes the next image
+        assert image.image.size > 0
+    finally:
+        decoder.close()
+
+
+def test_running_out_of_memory_is_an_inference_error(phantom: Path) -> None:
+    decoder = IsolatedDecoder(memory_limit_bytes=1024**3)
+    try:
+        with pytest.raises(InferenceError, match="memory"):
+            decoder.run(_exhaust_memory)
+        assert decoder.decode(phantom)
+    finally:
+        decoder.close()
+
+
+class CrashingDecoder(IsolatedDecoder):
+    """Crashes its child on one file; decodes every other file as usual."""
+
+    def __init__(self, poison: Path) -> None:
+        super().__init__(timeout_seconds=10)
+        self.poison = poison
+
+    def decode(self, path: Path, all_frames: bool = False) -> list:  # type: ignore[type-arg]
+        if path == self.poison:
+            return self.run(_crash)  # type: ignore[no-any-return]
+        return super().decode(path, all_frames)
+
+
+def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
+    import queue
+
+    from daemon.inference import Classifier
+    from daemon.pipeline import MAX_ATTEMPTS, TriagePipeline
+    from dicom_io.codes import TriageModality
+    from storage import queries
+    from storage.database import create_database_engine, make_session_factory, upgrade
+    from tests.traffic import plan_studies
+
+    pool = sorted(write_dicom_studies("oct", tmp_path / "pool", 1, seed=502).rglob("*.dcm"))
+    poisoned, healthy = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'p.sqlite3'}")
+    upgrade(engine)
+    sessions: sessionmaker[Session] = make_session_factory(engine)
+    ids = []
+    for study in (poisoned, healthy):
+        path = study.images[0].path
+        with sessions() as session, session.begin():
+            ids.append(
+                queries.record_instance(
+                    session,
+                    dcmread(path, stop_before_pixels=True),
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=str(path),
+                    size_bytes=path.stat().st_size,
+                    sha256="0" * 64,
+                    calling_ae_title="SCANNER",
+                ).id
+            )
+    decoder = CrashingDecoder(poisoned.images[0].path)
+    pipeline = TriagePipeline(
+        sessions,
+        {TriageModality.OCT: Classifier(model_dirs["oct"], "cpu")},
+        queue.Queue(),
+        threading.Event(),
+        decoder=decoder,
+    )
+    try:
+        for _ in range(MAX_ATTEMPTS + 1):
+            for instance_id in ids:
+                pipeline.process(instance_id)
+                with sessions() as session, session.begin():  # as if its lease had run out
+                    session.execute(
+                        update(Instance).where(Instance.id == instance_id).values(lease_until=None)
+                    )
+    finally:
+        decoder.close()
+    with sessions() as session:
+        bad, good = (session.get_one(Instance, i) for i in ids)
+        assert good.state == InstanceState.TRIAGED
+        assert bad.state == InstanceState.FAILED
+        assert f"Given up after {MAX_ATTEMPTS} attempts" in bad.error
+        assert "The decoder process died" in bad.error
+        assert bad.attempts == MAX_ATTEMPTS + 1
