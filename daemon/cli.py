@@ -299,6 +299,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"dead letters {snapshot['dead_letters']}, spool free "
             f"{snapshot['spool_free_bytes'] / 1e9:.1f} GB"
         )
+        print(
+            f"  database {snapshot.get('database', '?')}, reports parked "
+            f"{snapshot.get('studies_report_failed', '?')}, images failed "
+            f"{snapshot.get('instances_failed', '?')}, images waiting "
+            f"{snapshot.get('instances_waiting', '?')}"
+        )
         if occlusion := snapshot.get("occlusion"):
             print(
                 f"  occlusion maps: queued {occlusion['queued']}, failed and waiting to retry "

@@ -3,9 +3,10 @@
 Received images come from devices and networks the daemon does not
 control, and pixel decoders (JPEG, JPEG-LS, JPEG 2000, RLE) are native
 code. A crafted or damaged image could crash such a decoder, exhaust
-memory or hang. Decoding therefore runs in a child process (a forkserver
-child: it inherits neither ONNX Runtime's threads nor the database
-connections) whose address space is capped (``RLIMIT_AS``) and whose every
+memory or hang. Decoding therefore runs in a child process (a spawned
+interpreter: it inherits neither ONNX Runtime's threads nor the database
+connections, and needs no socket in the temporary folder, which the daemon
+points at its spool) whose address space is capped (``RLIMIT_AS``) and whose every
 call has a deadline. A crash, a hang or an out-of-memory ends or is killed
 with the child, never the daemon; a fresh child takes the next image. The
 gate (``daemon.validate``) has already refused declared sizes beyond its
@@ -113,7 +114,7 @@ class IsolatedDecoder:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=multiprocessing.get_context("forkserver"),
+                mp_context=multiprocessing.get_context("spawn"),
                 initializer=_limit_memory,
                 initargs=(self.memory_limit_bytes,),
             )

@@ -29,27 +29,66 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
 from daemon.config import Settings
+from daemon.decoding import IsolatedDecoder, decode
 from daemon.inference import Classifier
 from daemon.occlusion import OcclusionMap, occlusion_map, to_source_geometry
+from daemon.worker import Worker
 from dicom_io.codes import TriageModality
-from dicom_io.pixels import decode_all_frames, decode_instance
 from dicom_io.sc import build_heatmap_sc, render_overlay
 from storage import queries
 from storage.models import Instance, OcclusionMapRecord
 
 logger = logging.getLogger(__name__)
 
+
+class _Poller(Worker):
+    def __init__(self, explainer: Explainer) -> None:
+        super().__init__(
+            "occlusion-poller", explainer.stop, explainer.poll_seconds, stuck_seconds=300.0
+        )
+        self.explainer = explainer
+
+    def tick(self) -> bool:
+        return self.explainer.poll()
+
+
+class _MapWorker(Worker):
+    # Longer than one map can take (InceptionV3 fast mode on a CPU: minutes).
+    STUCK_SECONDS = 1800.0
+
+    def __init__(self, explainer: Explainer, number: int) -> None:
+        super().__init__(
+            f"occlusion-{number}",
+            explainer.stop,
+            idle_seconds=0.05,
+            stuck_seconds=self.STUCK_SECONDS,
+        )
+        self.explainer = explainer
+
+    def tick(self) -> bool:
+        return self.explainer.work_one()
+
+
 # Seconds before the second and third tries at a failed map; then give up.
 RETRY_AFTER_SECONDS = (60.0, 600.0)
 
 
 def render_sc(
-    path: Path, classifier: Classifier, label: str, frame_number: int | None, settings: Settings
+    path: Path,
+    classifier: Classifier,
+    label: str,
+    frame_number: int | None,
+    settings: Settings,
+    decoder: IsolatedDecoder | None = None,
 ) -> tuple[bytes, str, OcclusionMap]:
-    """Compute the map of one image; return (SC bytes, SOP Instance UID, map)."""
-    decoded = decode_instance(path)
+    """Compute the map of one image; return (SC bytes, SOP Instance UID, map).
+
+    With ``decoder`` the pixel data is decoded in its child process.
+    """
+    decoded = decoder.decode(path)[0] if decoder is not None else decode(path, False)[0]
     if frame_number is not None and frame_number != decoded.frame_number:
-        decoded = decode_all_frames(path)[frame_number - 1]
+        frames = decoder.decode(path, True) if decoder is not None else decode(path, True)
+        decoded = frames[frame_number - 1]
     occlusion = settings.occlusion
     result = occlusion_map(
         classifier.predict,
@@ -81,7 +120,11 @@ def render_sc(
 
 
 class Explainer:
-    """The poller and its worker threads."""
+    """The poller and the map workers, with what they share.
+
+    Both are ``daemon.worker.Worker`` loops (heartbeat, stop, back-off of
+    failing rounds); ``workers()`` hands them to the supervisor.
+    """
 
     def __init__(
         self,
@@ -101,66 +144,63 @@ class Explainer:
         # instance id -> (failed tries, monotonic time before which it rests)
         self.failures: dict[int, tuple[int, float]] = {}
         self._lock = threading.Lock()
-        self.heartbeat = time.monotonic()
-        self.threads = [threading.Thread(target=self._poll, name="occlusion-poller", daemon=True)]
-        self.threads += [
-            threading.Thread(target=self._work, name=f"occlusion-{n}", daemon=True)
-            for n in range(settings.occlusion.workers)
-        ]
+        # Its own child: map workers never wait behind the pipeline's decoding.
+        self.decoder = IsolatedDecoder()
+        self._workers: list[Worker] = [_Poller(self)]
+        self._workers += [_MapWorker(self, n) for n in range(settings.occlusion.workers)]
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers)
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def is_alive(self) -> bool:
-        return all(thread.is_alive() for thread in self.threads)
+        for worker in self._workers:
+            worker.start()
 
     def join(self, timeout: float) -> None:
-        for thread in self.threads:
-            thread.join(timeout=timeout)
+        for worker in self._workers:
+            worker.join(timeout=timeout)
+        self.decoder.close()
 
-    def _poll(self) -> None:
-        while not self.stop.wait(self.poll_seconds):
-            self.heartbeat = time.monotonic()
+    def poll(self) -> bool:
+        """Queue the images that need a map and are not resting."""
+        with self.sessions() as session:
+            candidates = queries.instances_needing_maps(
+                session,
+                self.settings.occlusion.referrals,
+                self.work.maxsize,
+                exclude=self.resting(time.monotonic()),
+            )
+        for instance_id in candidates:
+            with self._lock:
+                if instance_id in self.in_flight:
+                    continue
+                self.in_flight.add(instance_id)
             try:
-                with self.sessions() as session:
-                    candidates = queries.instances_needing_maps(
-                        session,
-                        self.settings.occlusion.referrals,
-                        self.work.maxsize,
-                        exclude=self.resting(time.monotonic()),
-                    )
-                for instance_id in candidates:
-                    with self._lock:
-                        if instance_id in self.in_flight:
-                            continue
-                        self.in_flight.add(instance_id)
-                    try:
-                        self.work.put(instance_id, timeout=self.poll_seconds)
-                    except queue.Full:
-                        with self._lock:
-                            self.in_flight.discard(instance_id)
-                        break
-            except Exception:
-                logger.exception("Occlusion poller failed; retrying")
-
-    def _work(self) -> None:
-        while not self.stop.is_set():
-            try:
-                instance_id = self.work.get(timeout=self.poll_seconds)
-            except queue.Empty:
-                continue
-            try:
-                self.explain(instance_id)
-            except Exception:
-                metrics.OCCLUSION_MAPS.labels("failed").inc()
-                self.record_failure(instance_id, time.monotonic())
-            else:
-                with self._lock:
-                    self.failures.pop(instance_id, None)
-            finally:
+                self.work.put(instance_id, timeout=self.poll_seconds)
+            except queue.Full:
                 with self._lock:
                     self.in_flight.discard(instance_id)
+                break
+        return False  # the poller waits a round between polls, whatever it found
+
+    def work_one(self) -> bool:
+        """Make the map of one queued image; True if there was one."""
+        try:
+            instance_id = self.work.get(timeout=self.poll_seconds)
+        except queue.Empty:
+            return False
+        try:
+            self.explain(instance_id)
+        except Exception:
+            metrics.OCCLUSION_MAPS.labels("failed").inc()
+            self.record_failure(instance_id, time.monotonic())
+        else:
+            with self._lock:
+                self.failures.pop(instance_id, None)
+        finally:
+            with self._lock:
+                self.in_flight.discard(instance_id)
+        return True
 
     def counts(self, now: float) -> dict[str, int]:
         """For the status file: maps queued, failed ones waiting to retry, given up."""
@@ -207,7 +247,7 @@ class Explainer:
             study_fk, modality = instance.study_fk, TriageModality(result.modality)
         classifier = self.classifiers[modality]
         content, sop_instance_uid, occlusion = render_sc(
-            path, classifier, label, frame, self.settings
+            path, classifier, label, frame, self.settings, self.decoder
         )
         try:
             with self.sessions() as session, session.begin():

@@ -70,6 +70,8 @@ def judge(snapshot: dict[str, Any] | None) -> tuple[bool, list[str]]:
         problems.append(f"status is {age:.0f} s old")
     if not snapshot.get("workers_alive", False):
         problems.append("a worker thread has stopped")
+    if snapshot.get("database") == "unavailable":
+        problems.append("the database cannot be reached (new images are refused with 0xA700)")
     if snapshot.get("stopping"):
         problems.append("the daemon is stopping")
     return not problems, problems

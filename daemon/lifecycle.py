@@ -49,8 +49,6 @@ DRAIN_SECONDS = 20.0
 # How long start-up waits for a database that cannot be reached (restarting,
 # failing over) before it exits with a status systemd restarts.
 DATABASE_WAIT_SECONDS = 60.0
-# How long the occlusion poller may go without a round before it counts as stuck.
-STUCK_SECONDS = {"explainer": 300.0}
 WORK_QUEUE_SIZE = 1000
 
 
@@ -178,7 +176,7 @@ def _snapshot(
     }
 
 
-def workers_healthy(workers: list[Worker], explainer: Explainer | None) -> bool:
+def workers_healthy(workers: list[Worker]) -> bool:
     """Every worker thread runs and has finished a round recently."""
     now = time.monotonic()
     for worker in workers:
@@ -187,13 +185,6 @@ def workers_healthy(workers: list[Worker], explainer: Explainer | None) -> bool:
             return False
         if worker.stuck(now):
             logger.error("The %s thread is stuck", worker.name)
-            return False
-    if explainer is not None:
-        if not explainer.is_alive():
-            logger.error("The occlusion threads have stopped")
-            return False
-        if now - explainer.heartbeat > STUCK_SECONDS["explainer"]:
-            logger.error("The occlusion poller is stuck")
             return False
     return True
 
@@ -331,7 +322,10 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             notify("READY=1")
         if stale := spool.remove_stale_receives():
             logger.warning("Removed %d file(s) of transfers that were aborted", stale)
-        alive = workers_healthy([pipeline, reporter, *deliverer.all_workers()], explainer)
+        workers: list[Worker] = [pipeline, reporter, *deliverer.all_workers()]
+        if explainer is not None:
+            workers += explainer.workers()
+        alive = workers_healthy(workers)
         snapshot = _snapshot(
             settings, classifiers, work, spool, sessions, last_error, alive, explainer
         )
@@ -369,6 +363,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     stop.set()
     for thread in (pipeline, reporter, *deliverer.all_workers()):
         thread.join(timeout=DRAIN_SECONDS / 4)
+    pipeline.decoder.close()
     if explainer is not None:
         # An unfinished map is simply computed again after the restart.
         explainer.join(timeout=DRAIN_SECONDS / 4)

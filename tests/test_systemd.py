@@ -168,12 +168,12 @@ def test_a_stuck_worker_stops_the_watchdog() -> None:
     for worker in (fresh, stale):
         worker.start()
     try:
-        assert lifecycle.workers_healthy([fresh, stale], None)
+        assert lifecycle.workers_healthy([fresh, stale])
         stop.wait(0.2)  # its first round is over; it now waits an hour
         stale.heartbeat -= 10_000  # as if that round had lasted hours
-        assert not lifecycle.workers_healthy([fresh, stale], None)
+        assert not lifecycle.workers_healthy([fresh, stale])
         dead = Idle("never started", stop)
-        assert not lifecycle.workers_healthy([fresh, dead], None)
+        assert not lifecycle.workers_healthy([fresh, dead])
     finally:
         stop.set()
 
