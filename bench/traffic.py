@@ -25,10 +25,10 @@ of figures per step and the findings, for ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +39,11 @@ from tests import peers
 from tests.peers import Orthanc, TriageDaemon
 from tests.traffic import (
     add_late_image,
+    fill,
     phantom_pool,
     plan_studies,
     send_in_parallel,
+    small_disk,
     study_batches,
     wait_until_reported,
 )
@@ -87,9 +89,10 @@ def main() -> None:
         server = PostgresServer()
         server.start()
         peers.DATABASE_FACTORY.append(server.new_database_url)
-    spool = work / "spool"
-    spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(spool)], check=True)
+    unmount = contextlib.ExitStack()
+    spool = unmount.enter_context(small_disk(work / "spool", "512m"))
+    if spool is None:
+        raise SystemExit("Run as root: the spool is a tmpfs that the run fills up.")
     pacs = Orthanc(work / "orthanc")
     daemon = TriageDaemon(
         work / "state",
@@ -165,14 +168,7 @@ def main() -> None:
                 f"{sum(len(s.images) for s in restart)} after"
             )
 
-        filler = spool / "filler"
-        free = shutil.disk_usage(spool).free
-        with filler.open("wb") as handle:
-            handle.truncate(0)
-            block = b"\0" * (1 << 20)
-            remaining = max(free - 2_000_000, 0)
-            while remaining > 0:
-                remaining -= handle.write(block[: min(len(block), remaining)])
+        filler = fill(spool, leave_bytes=2_000_000)
         full = plan_studies(oct_pool, work / "full", studies=4, images_per_study=4, seed=3)
         full_images = sum(len(s.images) for s in full)
         during = send_in_parallel(daemon, study_batches(full), "OCTSCANNER", args.parallel)
@@ -200,7 +196,7 @@ def main() -> None:
     finally:
         daemon.stop()
         pacs.stop()
-        subprocess.run(["umount", "-l", str(spool)], capture_output=True)
+        unmount.close()
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Collection, Sequence
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, exists, func, select, text, update
@@ -247,20 +248,37 @@ def lease_instance(session: Session, instance_id: int, lease_seconds: float) -> 
 
     None if it is done already or another worker (or node) holds it.
     Committed before decoding starts, so an image that crashes or hangs
-    the worker still has its attempt counted. ``FOR UPDATE SKIP LOCKED``
-    on PostgreSQL; SQLite has a single writer.
+    the worker still has its attempt counted.
+    """
+    return _lease(session, Instance, instance_id, InstanceState.RECEIVED, lease_seconds)
+
+
+_Leasable = TypeVar("_Leasable", Instance, Delivery)
+
+
+def _lease(
+    session: Session,
+    model: type[_Leasable],
+    row_id: int,
+    waiting: InstanceState | DeliveryState,
+    lease_seconds: float,
+) -> _Leasable | None:
+    """Lease a row in state ``waiting`` that nobody holds: one more attempt, a deadline.
+
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several nodes share the
+    work; SQLite has a single writer. The deadline is the database's clock.
     """
     now = database_now(session)
-    instance = session.scalar(
-        select(Instance)
-        .where(Instance.id == instance_id, Instance.state == InstanceState.RECEIVED)
-        .where(Instance.lease_until.is_(None) | (Instance.lease_until < now))
+    row = session.scalar(
+        select(model)
+        .where(model.id == row_id, model.state == waiting)
+        .where(model.lease_until.is_(None) | (model.lease_until < now))
         .with_for_update(skip_locked=True)
     )
-    if instance is not None:
-        instance.attempts += 1
-        instance.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    return instance
+    if row is not None:
+        row.attempts += 1
+        row.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    return row
 
 
 def leased_instance(session: Session, instance_id: int, path: str) -> Instance | None:
@@ -560,20 +578,10 @@ def pending_destinations(session: Session) -> list[Destination]:
 def lease_delivery(session: Session, delivery_id: int, lease_seconds: float) -> Delivery | None:
     """Take a due delivery: count an attempt and lease it, in a short transaction.
 
-    The C-STORE then runs with no transaction open; ``finish_delivery``
-    records its outcome. None if it is delivered already or leased.
+    The C-STORE then runs with no transaction open, and its outcome is
+    recorded after. None if it is delivered already or leased.
     """
-    now = database_now(session)
-    delivery = session.scalar(
-        select(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
-        .where(Delivery.lease_until.is_(None) | (Delivery.lease_until < now))
-        .with_for_update(skip_locked=True)
-    )
-    if delivery is not None:
-        delivery.attempts += 1
-        delivery.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    return delivery
+    return _lease(session, Delivery, delivery_id, DeliveryState.PENDING, lease_seconds)
 
 
 def instances_needing_maps(

@@ -8,11 +8,8 @@ the same generator larger.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +26,12 @@ from tests.traffic import (
     PlannedStudy,
     add_late_image,
     check_invariants,
+    fill,
     leave_out,
     phantom_pool,
     plan_studies,
     send_in_parallel,
+    small_disk,
     study_batches,
     wait_until_reported,
 )
@@ -228,34 +227,6 @@ def cxr_pool(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return phantom_pool(tmp_path_factory.mktemp("cxr-pool"), "cxr", 2, seed=212)
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A real filesystem that fills up: a tmpfs of ``size`` (needs root, as in make test)."""
-    path.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def fill(disk: Path, leave_bytes: int) -> Path:
-    """Fill ``disk`` until about ``leave_bytes`` are free; remove the file to free it."""
-    filler = disk / "filler"
-    free = shutil.disk_usage(disk).free
-    with filler.open("wb") as handle:
-        handle.truncate(0)
-        chunk = b"\0" * (1 << 20)
-        remaining = max(free - leave_bytes, 0)
-        while remaining > 0:
-            remaining -= handle.write(chunk[: min(len(chunk), remaining)])
-    return filler
-
-
 def test_mixed_traffic_with_faults(
     tmp_path: Path, oct_pool: list[Path], cxr_pool: list[Path], model_dirs: dict[str, Path]
 ) -> None:
@@ -263,6 +234,8 @@ def test_mixed_traffic_with_faults(
     down and comes back, a spool disk that fills up; every invariant holds."""
     pacs = Orthanc(tmp_path / "orthanc")
     with small_disk(tmp_path / "spool", "48m") as spool:
+        if spool is None:
+            pytest.skip("cannot mount a tmpfs here (make test runs as root)")
         daemon = _daemon(
             tmp_path,
             model_dirs,

@@ -17,13 +17,15 @@ else's name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import re
+import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
@@ -337,3 +339,32 @@ def leave_out(study: PlannedStudy, keywords: Sequence[str] = TYPE2_LEFT_OUT) -> 
             if keyword in dataset:
                 del dataset[keyword]
         dataset.save_as(image.path, enforce_file_format=True)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path | None]:
+    """A real filesystem that fills up: a tmpfs of ``size``, or None without root."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Fill ``disk`` until about ``leave_bytes`` are free; remove the file to free it."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as handle:
+        handle.truncate(0)
+        chunk = b"\0" * (1 << 20)
+        remaining = max(free - leave_bytes, 0)
+        while remaining > 0:
+            remaining -= handle.write(chunk[: min(len(chunk), remaining)])
+    return filler
