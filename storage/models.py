@@ -99,6 +99,12 @@ class Study(Base):
     report_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     report_error: Mapped[str] = mapped_column(Text, default="", server_default="")
     retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # As this study's first image carried them: the worklist shows these, so
+    # a patient row shared through a Patient ID never lends one person's
+    # name to another's study (nor an old name to a corrected study).
+    patient_name: Mapped[str] = mapped_column(String(324), default="", server_default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="", server_default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")

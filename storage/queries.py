@@ -173,6 +173,9 @@ def record_instance(
         study_time=_text(header, "StudyTime", 32),
         study_description=_text(header, "StudyDescription", 324),
         referring_physician_name=_text(header, "ReferringPhysicianName", 324),
+        patient_name=_text(header, "PatientName", 324),
+        patient_birth_date=_text(header, "PatientBirthDate", 8),
+        patient_sex=_text(header, "PatientSex", 16),
         first_received_at=now,
         last_received_at=now,
         state=StudyState.RECEIVING,
@@ -659,10 +662,10 @@ def urgent_worklist(session: Session, limit: int | None = None) -> list[Worklist
     )
     return [
         WorklistEntry(
-            patient_name=patient.patient_name,
+            patient_name=study.patient_name or patient.patient_name,
             patient_id=patient.patient_id,
-            patient_birth_date=patient.birth_date,
-            patient_sex=patient.sex,
+            patient_birth_date=study.patient_birth_date or patient.birth_date,
+            patient_sex=study.patient_sex or patient.sex,
             study_instance_uid=study.study_instance_uid,
             accession_number=study.accession_number,
             study_date=study.study_date,

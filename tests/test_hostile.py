@@ -103,6 +103,16 @@ def _huge_dimensions(good: Path, out: Path) -> Path:
     return _save(dataset, out)
 
 
+def _compressed_huge_volume(good: Path, out: Path) -> Path:
+    """RLE-compressed (so no fixed pixel length to check) but declaring 200,000 frames."""
+    from pydicom.uid import RLELossless
+
+    dataset = _fresh(good)
+    dataset.compress(RLELossless)
+    dataset.NumberOfFrames = 200_000
+    return _save(dataset, out)
+
+
 def _deflate_bomb(good: Path, out: Path) -> Path:
     """A deflated dataset whose Pixel Data inflates to 1 GiB of zeros."""
     dataset = _fresh(good)
@@ -142,6 +152,7 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str, set[int] | None, str]]
     ("no-pixel-data", _no_pixels, DX_STORAGE, {0xC001}, "no pixel data"),
     ("short-pixel-data", _short_pixels, DX_STORAGE, {0xC000}, "Pixel Data holds"),
     ("65535x65535", _huge_dimensions, DX_STORAGE, {0xC000}, "exceeds"),
+    ("compressed-huge-volume", _compressed_huge_volume, DX_STORAGE, {0xC000}, "exceeds"),
     ("deflate-bomb", _deflate_bomb, DX_STORAGE, {0xC000}, "inflates beyond"),
     ("sop-class-mismatch", _wrong_sop_class, DX_STORAGE, {0xA900}, "sent as"),
 ]

@@ -211,3 +211,24 @@ def test_purge_keeps_a_study_whose_report_was_not_delivered(
     with sessions() as session:
         assert session.get(Study, ids[0]) is None
         assert session.get(Study, ids[1]) is not None
+
+
+def test_the_worklist_shows_each_study_under_the_name_its_images_carry(
+    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+) -> None:
+    """Two studies share a Patient ID; the second carries a corrected name."""
+    first, second = plan_studies(
+        pool, tmp_path / "s", studies=2, images_per_study=1, empty_patient_id_every=0
+    )
+    assert first.patient_id == second.patient_id
+    corrected = dcmread(second.images[0].path)
+    corrected.PatientName = "CORRECTED^NAME"
+    corrected.save_as(second.images[0].path, enforce_file_format=True)
+    for study in (first, second):
+        _store_triaged(sessions, study.images[0].path)
+    with sessions() as session:
+        names = {e.study_instance_uid: e.patient_name for e in queries.urgent_worklist(session)}
+    assert names == {
+        first.study_instance_uid: first.patient_name,
+        second.study_instance_uid: "CORRECTED^NAME",
+    }

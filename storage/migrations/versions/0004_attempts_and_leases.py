@@ -1,4 +1,5 @@
-"""attempts and leases for background work; study revisions; report versions
+"""attempts and leases for background work; study revisions; report versions;
+the patient's name, birth date and sex as each study's images carry them
 
 Revision ID: 0004
 Revises: 0003
@@ -26,6 +27,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('report_attempts', sa.Integer(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('report_error', sa.Text(), server_default='', nullable=False))
         batch_op.add_column(sa.Column('retry_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('patient_name', sa.String(length=324), server_default='', nullable=False))
+        batch_op.add_column(sa.Column('patient_birth_date', sa.String(length=8), server_default='', nullable=False))
+        batch_op.add_column(sa.Column('patient_sex', sa.String(length=16), server_default='', nullable=False))
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.add_column(sa.Column('lease_until', sa.DateTime(), nullable=True))
     with op.batch_alter_table('reports', schema=None) as batch_op:
@@ -40,6 +44,9 @@ def downgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_column('lease_until')
     with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_column('patient_sex')
+        batch_op.drop_column('patient_birth_date')
+        batch_op.drop_column('patient_name')
         batch_op.drop_column('retry_at')
         batch_op.drop_column('report_error')
         batch_op.drop_column('report_attempts')
