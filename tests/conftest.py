@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pydicom.config
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_io.phantom_files import write_dicom_studies
+from storage.database import create_database_engine, make_session_factory, upgrade
 from tests import peers
 from tests.peers import Orthanc
 
@@ -115,3 +118,17 @@ def database_backend() -> Iterator[str]:
         peers.DATABASE_FACTORY.clear()
         peers.POSTGRES_SERVER.clear()
         server.stop()
+
+
+# A real SQLite database, and single-image OCT phantoms, for tests without network.
+@pytest.fixture
+def sqlite_sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'reports.sqlite3'}")
+    upgrade(engine)
+    return make_session_factory(engine)
+
+
+@pytest.fixture(scope="module")
+def oct_phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = write_dicom_studies("oct", tmp_path_factory.mktemp("pool"), 1, seed=301)
+    return sorted(root.rglob("*.dcm"))

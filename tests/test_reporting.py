@@ -14,65 +14,17 @@ import threading
 from io import BytesIO
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Destination, Settings, StudySettings
 from daemon.reporting import MAX_REPORT_ATTEMPTS, ReportBuilder
-from dicom_io.codes import Referral
-from dicom_io.phantom_files import write_dicom_studies
 from storage import queries
-from storage.database import create_database_engine, make_session_factory, upgrade
 from storage.models import Report, Study, StudyState
 from tests.peers import run_tool
+from tests.records import store_triaged
 from tests.traffic import plan_studies
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'reports.sqlite3'}")
-    upgrade(engine)
-    return make_session_factory(engine)
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = write_dicom_studies("oct", tmp_path_factory.mktemp("pool"), 1, seed=301)
-    return sorted(root.rglob("*.dcm"))
-
-
-def _classification() -> queries.Classification:
-    return queries.Classification(
-        modality="oct",
-        label="CNV",
-        referral=Referral.URGENT,
-        probability=0.9,
-        probabilities={"CNV": 0.9, "DME": 0.05, "DRUSEN": 0.03, "NORMAL": 0.02},
-        model_name="test-model",
-        model_version="1",
-        model_sha256="ab" * 32,
-        execution_provider="CPUExecutionProvider",
-        inference_ms=1.0,
-    )
-
-
-def _store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
-    """Record one image and its result, as the C-STORE handler and the pipeline do."""
-    header = dcmread(path, stop_before_pixels=True)
-    with sessions() as session, session.begin():
-        instance = queries.record_instance(
-            session,
-            header,
-            transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
-            path=str(path),
-            size_bytes=path.stat().st_size,
-            sha256="0" * 64,
-            calling_ae_title="SCANNER",
-        )
-        queries.record_result(session, instance, _classification())
-        return instance.study_fk
 
 
 def _builder(sessions: sessionmaker[Session]) -> ReportBuilder:
@@ -91,11 +43,13 @@ def _referenced(content: bytes) -> set[str]:
 
 
 def test_an_image_stored_while_the_report_is_built_is_in_a_report(
-    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
-    first, second = plan_studies(pool, tmp_path / "s", studies=1, images_per_study=2)[0].images
-    study_id = _store_triaged(sessions, first.path)
-    builder = _builder(sessions)
+    first, second = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=2)[
+        0
+    ].images
+    study_id = store_triaged(sqlite_sessions, first.path)
+    builder = _builder(sqlite_sessions)
 
     # The builder reads the study, then an image arrives before it commits.
     import daemon.reporting as reporting
@@ -104,7 +58,7 @@ def test_an_image_stored_while_the_report_is_built_is_in_a_report(
 
     def build_then_receive(session: Session, study: Study) -> reporting.BuiltReport | None:
         built = original(session, study)
-        _store_triaged(sessions, second.path)
+        store_triaged(sqlite_sessions, second.path)
         return built
 
     reporting.build_study_report = build_then_receive
@@ -112,28 +66,30 @@ def test_an_image_stored_while_the_report_is_built_is_in_a_report(
         builder.report(study_id)
     finally:
         reporting.build_study_report = original
-    with sessions() as session:
+    with sqlite_sessions() as session:
         assert session.get_one(Study, study_id).state == StudyState.RECEIVING
         assert queries.latest_report(session, study_id) is None
 
     builder.report(study_id)  # the study is quiet now
-    with sessions() as session:
+    with sqlite_sessions() as session:
         report = queries.latest_report(session, study_id)
         assert report is not None
         assert _referenced(report.content) == {first.sop_instance_uid, second.sop_instance_uid}
 
 
 def test_a_late_image_gets_a_report_that_supersedes_the_first(
-    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
-    first, late = plan_studies(pool, tmp_path / "s", studies=1, images_per_study=2)[0].images
-    study_id = _store_triaged(sessions, first.path)
-    builder = _builder(sessions)
+    first, late = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=2)[
+        0
+    ].images
+    study_id = store_triaged(sqlite_sessions, first.path)
+    builder = _builder(sqlite_sessions)
     builder.report(study_id)
-    _store_triaged(sessions, late.path)  # after the SR
+    store_triaged(sqlite_sessions, late.path)  # after the SR
     builder.report(study_id)
 
-    with sessions() as session:
+    with sqlite_sessions() as session:
         reports = list(session.query(Report).where(Report.study_fk == study_id).order_by(Report.id))
         assert [r.supersedes_fk for r in reports] == [None, reports[0].id]
         earlier, latest = (dcmread(BytesIO(r.content)) for r in reports)
@@ -155,22 +111,22 @@ def test_a_late_image_gets_a_report_that_supersedes_the_first(
 
 
 def test_a_study_whose_report_fails_is_parked_and_others_go_on(
-    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
-    broken, healthy = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
-    broken_id = _store_triaged(sessions, broken.images[0].path)
-    healthy_id = _store_triaged(sessions, healthy.images[0].path)
+    broken, healthy = plan_studies(oct_phantoms, tmp_path / "s", studies=2, images_per_study=1)
+    broken_id = store_triaged(sqlite_sessions, broken.images[0].path)
+    healthy_id = store_triaged(sqlite_sessions, healthy.images[0].path)
     broken.images[0].path.unlink()  # the spool file is gone (purged, or on another node)
-    builder = _builder(sessions)
+    builder = _builder(sqlite_sessions)
 
     for attempt in range(1, MAX_REPORT_ATTEMPTS + 1):
         builder.tick()
-        with sessions() as session, session.begin():
+        with sqlite_sessions() as session, session.begin():
             study = session.get_one(Study, broken_id)
             assert study.report_attempts == attempt
             # Skip the back-off: make it due now.
             session.execute(update(Study).where(Study.id == broken_id).values(retry_at=None))
-    with sessions() as session:
+    with sqlite_sessions() as session:
         broken_study = session.get_one(Study, broken_id)
         assert broken_study.state == StudyState.REPORT_FAILED
         assert "FileNotFoundError" in broken_study.report_error
@@ -179,24 +135,24 @@ def test_a_study_whose_report_fails_is_parked_and_others_go_on(
 
 
 def test_purge_keeps_a_study_whose_report_was_not_delivered(
-    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
     """A dead-lettered report is the only copy of the result: its study stays."""
     import datetime as dt
 
     from storage.models import Delivery, DeliveryState
 
-    delivered, dead = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
-    ids = [_store_triaged(sessions, study.images[0].path) for study in (delivered, dead)]
+    delivered, dead = plan_studies(oct_phantoms, tmp_path / "s", studies=2, images_per_study=1)
+    ids = [store_triaged(sqlite_sessions, study.images[0].path) for study in (delivered, dead)]
     settings = dataclasses.replace(
         Settings(),
         study=StudySettings(stable_seconds=0),
         destinations=(Destination("PACS", "127.0.0.1", 104),),
     )
-    builder = ReportBuilder(settings, sessions, threading.Event())
+    builder = ReportBuilder(settings, sqlite_sessions, threading.Event())
     for study_id in ids:
         builder.report(study_id)
-    with sessions() as session, session.begin():
+    with sqlite_sessions() as session, session.begin():
         for study_id, state in zip(
             ids, (DeliveryState.DELIVERED, DeliveryState.FAILED), strict=True
         ):
@@ -205,28 +161,28 @@ def test_purge_keeps_a_study_whose_report_was_not_delivered(
             session.execute(
                 update(Delivery).where(Delivery.report_fk == report.id).values(state=state)
             )
-    with sessions() as session, session.begin():
+    with sqlite_sessions() as session, session.begin():
         purge = queries.purge_studies(session, dt.timedelta(0), keep_results=False)
     assert (purge.retired, purge.skipped_undelivered) == (1, 1)
-    with sessions() as session:
+    with sqlite_sessions() as session:
         assert session.get(Study, ids[0]) is None
         assert session.get(Study, ids[1]) is not None
 
 
 def test_the_worklist_shows_each_study_under_the_name_its_images_carry(
-    tmp_path: Path, pool: list[Path], sessions: sessionmaker[Session]
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
     """Two studies share a Patient ID; the second carries a corrected name."""
     first, second = plan_studies(
-        pool, tmp_path / "s", studies=2, images_per_study=1, empty_patient_id_every=0
+        oct_phantoms, tmp_path / "s", studies=2, images_per_study=1, empty_patient_id_every=0
     )
     assert first.patient_id == second.patient_id
     corrected = dcmread(second.images[0].path)
     corrected.PatientName = "CORRECTED^NAME"
     corrected.save_as(second.images[0].path, enforce_file_format=True)
     for study in (first, second):
-        _store_triaged(sessions, study.images[0].path)
-    with sessions() as session:
+        store_triaged(sqlite_sessions, study.images[0].path)
+    with sqlite_sessions() as session:
         names = {e.study_instance_uid: e.patient_name for e in queries.urgent_worklist(session)}
     assert names == {
         first.study_instance_uid: first.patient_name,

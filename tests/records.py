@@ -1,0 +1,43 @@
+"""Images recorded and triaged in a real database, as the daemon would, without the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_io.codes import Referral
+from storage import queries
+
+
+def classification() -> queries.Classification:
+    return queries.Classification(
+        modality="oct",
+        label="CNV",
+        referral=Referral.URGENT,
+        probability=0.9,
+        probabilities={"CNV": 0.9, "DME": 0.05, "DRUSEN": 0.03, "NORMAL": 0.02},
+        model_name="test-model",
+        model_version="1",
+        model_sha256="ab" * 32,
+        execution_provider="CPUExecutionProvider",
+        inference_ms=1.0,
+    )
+
+
+def store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
+    """Record one image and its result, as the C-STORE handler and the pipeline do."""
+    header = dcmread(path, stop_before_pixels=True)
+    with sessions() as session, session.begin():
+        instance = queries.record_instance(
+            session,
+            header,
+            transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            sha256="0" * 64,
+            calling_ae_title="SCANNER",
+        )
+        queries.record_result(session, instance, classification())
+        return instance.study_fk

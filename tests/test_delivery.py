@@ -1,0 +1,101 @@
+"""Delivery workers on a real database: the circuit breaker and its effect on retries.
+
+The network peer is replaced by a ``send`` callable that fails like an
+unreachable PACS; what is tested is the worker, its leases and its breaker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.config import Destination, Settings, StudySettings
+from daemon.delivery import BREAKER_FAILURES, CircuitBreaker, DeliveryWorker
+from daemon.errors import DeliveryError
+from daemon.reporting import ReportBuilder
+from daemon.worker import Backoff
+from storage.models import Delivery, DeliveryState
+from tests.records import store_triaged
+from tests.traffic import plan_studies
+
+PACS = ("PACS", "127.0.0.1", 104)
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_doubles() -> None:
+    breaker = CircuitBreaker(failures=3, backoff=Backoff(first=10, ceiling=40))
+    assert [breaker.failed(0.0) for _ in range(3)] == [None, None, 10]
+    assert breaker.is_open(9.9) and not breaker.is_open(10.0)
+    assert [breaker.failed(10.0) for _ in range(3)] == [None, None, 20]
+    assert [breaker.failed(30.0) for _ in range(6)][2::3] == [40, 40]
+    breaker.succeeded()
+    assert not breaker.is_open(31.0)
+    assert breaker.failed(31.0) is None
+
+
+def _reports(
+    tmp_path: Path, phantoms: list[Path], sessions: sessionmaker[Session], count: int
+) -> None:
+    settings = dataclasses.replace(
+        Settings(), study=StudySettings(stable_seconds=0), destinations=(Destination(*PACS),)
+    )
+    builder = ReportBuilder(settings, sessions, threading.Event())
+    for study in plan_studies(phantoms, tmp_path / "s", studies=count, images_per_study=1):
+        builder.report(store_triaged(sessions, study.images[0].path))
+
+
+def test_an_open_breaker_spares_the_rows_retries(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    _reports(tmp_path, oct_phantoms, sqlite_sessions, count=5)
+    calls: list[str] = []
+
+    def unreachable(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+        calls.append(ae_title)
+        raise DeliveryError(f"Association with {ae_title}@{host}:{port} was not established.")
+
+    settings = Settings().delivery  # 5x1m,...: every failed row waits a minute
+    worker = DeliveryWorker(
+        PACS, sqlite_sessions, settings, "TRIAGE", threading.Event(), unreachable
+    )
+    worker.tick()
+    # Three rows tried and failed; the breaker then opened before the other two.
+    assert len(calls) == BREAKER_FAILURES
+    assert worker.breaker.is_open(worker.breaker.open_until - 1)
+    assert worker.tick() is False  # open: nothing is tried
+    with sqlite_sessions() as session:
+        rows = list(session.scalars(select(Delivery).order_by(Delivery.id)))
+    assert [r.attempts for r in rows] == [1, 1, 1, 0, 0]
+    assert all(r.state == DeliveryState.PENDING and r.lease_until is None for r in rows)
+    assert "not established" in rows[0].last_error
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_delivery_is_recorded_after_the_send(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session], fails: bool
+) -> None:
+    _reports(tmp_path, oct_phantoms, sqlite_sessions, count=1)
+    sent: list[bytes] = []
+
+    def pacs(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+        # While the C-STORE runs, the row is leased and no transaction is open.
+        with sqlite_sessions() as session:
+            (row,) = session.scalars(select(Delivery))
+            assert row.lease_until is not None and row.attempts == 1
+        sent.append(content)
+        if fails:
+            raise DeliveryError("PACS answered status 0xA700.")
+
+    worker = DeliveryWorker(
+        PACS, sqlite_sessions, Settings().delivery, "TRIAGE", threading.Event(), pacs
+    )
+    worker.tick()
+    with sqlite_sessions() as session:
+        (row,) = session.scalars(select(Delivery))
+    assert len(sent) == 1 and sent[0][128:132] == b"DICM"
+    assert row.state == (DeliveryState.PENDING if fails else DeliveryState.DELIVERED)
+    assert row.lease_until is None
