@@ -31,6 +31,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -189,6 +190,12 @@ def main() -> None:
         restarted = restarted or daemon.process.poll() is not None
         figures.append(f"daemon restarted or died: {'yes' if restarted else 'no'}")
         figures.append(f"findings: {findings.summary()}")
+        refusals = Counter(
+            line.split(": ", 1)[1].split(" (")[0].split(":")[0]
+            for line in daemon.log.splitlines()
+            if "Refusing an instance" in line or "Cannot record an instance" in line
+        )
+        figures.append(f"refusals by reason, from the daemon's log: {dict(refusals)}")
         for line in figures:
             print(line)
         if not findings.held:
