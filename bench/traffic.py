@@ -44,6 +44,7 @@ from tests.traffic import (
     phantom_pool,
     plan_studies,
     send_in_parallel,
+    send_like_a_scanner,
     small_disk,
     study_batches,
     wait_until_reported,
@@ -129,16 +130,25 @@ def main() -> None:
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=2) as scanners:
             sent = [
-                scanners.submit(send_in_parallel, daemon, study_batches(s), ae, args.parallel)
+                scanners.submit(send_like_a_scanner, daemon, study_batches(s), ae, args.parallel)
                 for s, ae in ((octs, "OCTSCANNER"), (chests, "DXROOM1"))
             ]
-            acknowledged = set().union(*(f.result() for f in sent))
+            results = [f.result() for f in sent]
+        acknowledged = set().union(*(uids for uids, _missing in results))
+        first_round_missing = sum(missing for _uids, missing in results)
         images = sum(len(s.images) for s in studies)
         elapsed = time.monotonic() - started
         figures.append(
-            f"parallel arrival: {len(acknowledged)}/{images} images of {len(studies)} studies "
-            f"acknowledged over {images} associations ({args.parallel} at once) in {elapsed:.1f} s"
+            f"parallel arrival: {images} images of {len(studies)} studies, each over its own "
+            f"association, two scanners with {args.parallel} at once each: "
+            f"{first_round_missing} not acknowledged at the first try (rejected or refused), "
+            f"{len(acknowledged)}/{images} acknowledged after the scanners' retries, "
+            f"in {elapsed:.1f} s"
         )
+        rejected = daemon.database().execute(
+            "select count(*) from audit_events where event = 'rejected'"
+        )
+        figures.append(f"associations rejected (audit): {rejected.fetchone()[0]}")
         again = [s.images[0] for s in octs[: max(1, len(octs) // 4)]]
         duplicates = send_in_parallel(daemon, [[i] for i in again], "OCTSCANNER", args.parallel)
         figures.append(f"duplicates: {len(duplicates)}/{len(again)} acknowledged again")

@@ -164,6 +164,31 @@ def send_in_parallel(
         return {uid_of[path] for sent in pool.map(send, batches) for path in sent}
 
 
+def send_like_a_scanner(
+    daemon: TriageDaemon,
+    batches: Sequence[Sequence[PlannedImage]],
+    ae_title: str = "SCANNER",
+    parallel: int = 8,
+    retries: int = 3,
+    pause: float = 2.0,
+) -> tuple[set[str], int]:
+    """Send, then send again what was not acknowledged, as a modality's queue does.
+
+    Returns (acknowledged SOP Instance UIDs, how many the first round left
+    unacknowledged: refused, or the association rejected).
+    """
+    acknowledged = send_in_parallel(daemon, batches, ae_title, parallel)
+    first_round_missing = sum(len(b) for b in batches) - len(acknowledged)
+    for _ in range(retries):
+        left = [[i for i in b if i.sop_instance_uid not in acknowledged] for b in batches]
+        left = [b for b in left if b]
+        if not left:
+            break
+        time.sleep(pause)
+        acknowledged |= send_in_parallel(daemon, left, ae_title, parallel)
+    return acknowledged, first_round_missing
+
+
 def study_batches(
     studies: Sequence[PlannedStudy], per_image: bool = True
 ) -> list[list[PlannedImage]]:
