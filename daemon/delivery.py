@@ -35,9 +35,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.config import DeliverySettings
 from daemon.errors import DeliveryError
-from daemon.scp import set_nodelay
 from daemon.status import Status
 from daemon.worker import Backoff, Worker
+from dicom_io.network import set_nodelay
 from storage import queries
 from storage.models import Delivery, DeliveryState
 

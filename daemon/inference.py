@@ -20,8 +20,8 @@ import onnxruntime as ort
 from daemon.device_binding import DeviceBinding
 from daemon.errors import InferenceError
 from dicom_io.preprocess import model_input
+from domain.triage import Classification
 from storage.model_package import Manifest, load_package
-from storage.queries import Classification
 
 logger = logging.getLogger(__name__)
 

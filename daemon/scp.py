@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import queue
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Received, Spool, StoredFile, received_sha256
 from daemon.status import Status
 from daemon.validate import coercion_warnings, parse_header
+from dicom_io.network import set_nodelay
 from storage import queries
 
 logger = logging.getLogger(__name__)
@@ -273,13 +273,6 @@ def handle_connection_open(event: Any) -> None:
     # dcmtk peers leave Nagle on; without TCP_NODELAY each response stalls
     # about 40 ms waiting for a delayed ACK.
     set_nodelay(event.assoc)
-
-
-def set_nodelay(assoc: Any) -> None:
-    try:
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        logger.debug("Could not set TCP_NODELAY", exc_info=True)
 
 
 def make_acceptor(

@@ -22,51 +22,23 @@ SR's Coding Scheme Identification Sequence.
 
 from __future__ import annotations
 
-import enum
-
 from pydicom.sr.coding import Code
+
+# The domain types live in ``domain.triage``; these names stay for callers.
+from domain.triage import PAPER_REFERRALS, Referral, TriageModality
+
+__all__ = [
+    "FINDING_CODES",
+    "PAPER_REFERRALS",
+    "PRIVATE_SCHEME",
+    "PROCEDURE_CODES",
+    "REFERRAL_CODES",
+    "Referral",
+    "TriageModality",
+]
 
 PRIVATE_SCHEME = "99DCMTRIAGE"
 
-
-class TriageModality(enum.StrEnum):
-    OCT = "oct"
-    CXR = "cxr"
-
-
-class Referral(enum.StrEnum):
-    """Referral categories of Kermany et al. 2018, most urgent first."""
-
-    URGENT = "urgent"
-    ROUTINE = "routine"
-    SUPPORTIVE_CARE = "supportive care"
-    OBSERVATION = "observation"
-
-    @property
-    def rank(self) -> int:
-        """0 is the most urgent; used to pick the deciding image of a study."""
-        return list(Referral).index(self)
-
-    @classmethod
-    def parse(cls, value: str | Referral) -> Referral:
-        try:
-            return cls(value)
-        except ValueError as exc:
-            allowed = ", ".join(r.value for r in cls)
-            raise ValueError(f"Unknown referral category {value!r}; use one of {allowed}.") from exc
-
-
-# The paper's mapping from class label to referral category.
-PAPER_REFERRALS: dict[str, Referral] = {
-    "CNV": Referral.URGENT,
-    "DME": Referral.URGENT,
-    "DRUSEN": Referral.ROUTINE,
-    "NORMAL": Referral.OBSERVATION,
-    "BACTERIA": Referral.URGENT,
-    "VIRUS": Referral.SUPPORTIVE_CARE,
-    # cxr-pneumonia pools bacterial and viral; the urgent one decides.
-    "PNEUMONIA": Referral.URGENT,
-}
 
 FINDING_CODES: dict[str, Code] = {
     "CNV": Code("75971007", "SCT", "Choroidal neovascularization"),

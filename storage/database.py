@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.errors import DatabaseUnavailable, StorageError
+from domain.errors import DatabaseUnavailable, StorageError
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import ModelPackageError
 from dicom_io.codes import Referral, TriageModality
+from domain.errors import ModelPackageError
 
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from dicom_io.codes import Referral
+from domain.triage import Classification
 from storage.models import (
     Base,
     Delivery,
@@ -343,23 +344,6 @@ def pending_instance_ids(session: Session, limit: int) -> list[int]:
             .limit(limit)
         )
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class Classification:
-    """What one model said about one image (the pure result of inference)."""
-
-    modality: str
-    label: str
-    referral: Referral
-    probability: float
-    probabilities: dict[str, float]
-    model_name: str
-    model_version: str
-    model_sha256: str
-    execution_provider: str
-    inference_ms: float
-    frame_number: int | None = None
 
 
 def record_result(session: Session, instance: Instance, result: Classification) -> None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import TriageError
+from domain.errors import TriageError
 from storage.model_package import InputSpec
 
 

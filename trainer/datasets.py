@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.errors import TriageError
+from domain.errors import TriageError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 _OCT_NAME = re.compile(r"^(?P<label>CNV|DME|DRUSEN|NORMAL)-(?P<patient>\d+)-\d+$", re.I)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.errors import TriageError
+from domain.errors import TriageError
 from storage.model_package import Manifest, write_package
 
 logger = logging.getLogger(__name__)
