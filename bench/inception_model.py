@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from daemon.device_binding import DeviceBinding
-from daemon.inference import CUDA, create_session
-from daemon.occlusion import Predict
+from model_runtime.classifier import CUDA, create_session
+from model_runtime.device_binding import DeviceBinding
+from model_runtime.occlusion import Predict
 
 SIZE = 299
 CLASSES = 4

@@ -26,10 +26,10 @@ import numpy as np
 from inception_model import SIZE, bound_predict, plain_predict, random_inception_v3
 
 from daemon.demo import ensure_models
-from daemon.inference import Classifier
-from daemon.occlusion import Predict
 from daemon.pipeline import classify_file
 from dicom_io.phantom_files import write_dicom_studies
+from model_runtime.classifier import Classifier
+from model_runtime.occlusion import Predict
 
 BATCH_SIZES = (1, 8, 32, 64)
 

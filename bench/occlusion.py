@@ -31,8 +31,10 @@ import numpy as np
 from inception_model import SIZE, bound_predict, plain_predict, random_inception_v3
 
 from daemon.demo import ensure_models
-from daemon.inference import CUDA, Classifier
-from daemon.occlusion import (
+from dicom_io.phantom_files import write_dicom_studies
+from dicom_io.pixels import decode_instance
+from model_runtime.classifier import CUDA, Classifier
+from model_runtime.occlusion import (
     BATCH,
     OcclusionMap,
     Predict,
@@ -41,8 +43,6 @@ from daemon.occlusion import (
     peak,
     peak_in_lesion,
 )
-from dicom_io.phantom_files import write_dicom_studies
-from dicom_io.pixels import decode_instance
 
 LESION_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
 MODES = (("grid", 20), ("grid", 10), ("grid", 4), ("grid", 1), ("fast", 1))

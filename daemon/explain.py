@@ -2,7 +2,7 @@
 
 A poller finds triaged images whose result the policy covers and whose
 study is already reported (so the SR always goes first), and hands their ids
-to a bounded queue; worker threads compute the map (``daemon.occlusion``),
+to a bounded queue; worker threads compute the map (``model_runtime.occlusion``),
 wrap it as a Secondary Capture (``dicom_io.sc``), store it in SQL and, when
 ``[occlusion] send`` is on, queue its delivery behind the study's SR. None of
 this runs on an association thread or in the report path.
@@ -30,11 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__, metrics
 from daemon.config import Settings
 from daemon.decoding import IsolatedDecoder, decode
-from daemon.inference import Classifier
-from daemon.occlusion import OcclusionMap, occlusion_map, to_source_geometry
 from daemon.worker import Worker
 from dicom_io.codes import TriageModality
 from dicom_io.sc import build_heatmap_sc, render_overlay
+from model_runtime.classifier import Classifier
+from model_runtime.occlusion import OcclusionMap, occlusion_map, to_source_geometry
 from storage import queries
 from storage.models import Instance, OcclusionMapRecord
 

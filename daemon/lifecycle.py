@@ -32,7 +32,6 @@ from daemon.delivery import Deliverer
 from daemon.errors import DatabaseUnavailable, StorageError, TriageError
 from daemon.explain import Explainer
 from daemon.health import LastError, write_status
-from daemon.inference import Classifier
 from daemon.pipeline import TriagePipeline
 from daemon.reporting import ReportBuilder
 from daemon.scp import IngestContext, event_handlers, make_acceptor, receive_to_files
@@ -40,6 +39,7 @@ from daemon.spool import Spool
 from daemon.worker import Worker
 from daemon.worklist import handle_find
 from dicom_io.codes import TriageModality
+from model_runtime.classifier import Classifier
 from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
 

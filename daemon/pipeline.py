@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
 from daemon.errors import InferenceError
-from daemon.inference import Classifier
 from daemon.routing import route
 from daemon.worker import Worker
 from dicom_io.codes import TriageModality
+from model_runtime.classifier import Classifier
 from storage import queries
 from storage.models import InstanceState
 

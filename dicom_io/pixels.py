@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicom_io.preprocess import normalise_range
 from domain.errors import InferenceError
+from model_runtime.preprocess import normalise_range
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_io.preprocess import normalise_range
 from dicom_io.source import with_type2_attributes
+from model_runtime.preprocess import normalise_range, resample
 
 HEATMAP_SERIES_DESCRIPTION = "AI triage occlusion map"
 HEATMAP_SERIES_NUMBER = 9902
@@ -42,12 +42,6 @@ def colour_ramp(values: np.ndarray) -> np.ndarray:
     return np.stack(
         [np.interp(clipped, _RAMP[:, 0], _RAMP[:, channel]) for channel in (1, 2, 3)], axis=-1
     )
-
-
-def resample(heat: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Bilinear resampling of a map to the source image geometry."""
-    image = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((cols, rows), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def render_overlay(

@@ -47,8 +47,8 @@ def _source_digest() -> str:
         "trainer/head.py",
         "dicom_io/phantoms.py",
         "dicom_io/phantom_files.py",
-        "dicom_io/preprocess.py",
-        "storage/model_package.py",
+        "model_runtime/preprocess.py",
+        "model_runtime/package.py",
     ):
         digest.update((ROOT / relative).read_bytes())
     return digest.hexdigest()[:16]

@@ -92,9 +92,9 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
     """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
     import queue
 
-    from daemon.inference import Classifier
     from daemon.pipeline import MAX_ATTEMPTS, TriagePipeline
     from dicom_io.codes import TriageModality
+    from model_runtime.classifier import Classifier
     from storage import queries
     from storage.database import create_database_engine, make_session_factory, upgrade
     from tests.traffic import plan_studies

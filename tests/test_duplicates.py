@@ -28,8 +28,8 @@ def _wait_for(daemon: TriageDaemon, statement: str, expected: object, timeout: f
 
 
 def test_replace_if_different(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
-    from daemon.inference import Classifier
     from daemon.pipeline import classify_file
+    from model_runtime.classifier import Classifier
 
     root = write_dicom_studies("oct", tmp_path / "src", 2, seed=95)
     truth = json.loads((root / "lesions.json").read_text())

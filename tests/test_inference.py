@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 
 from daemon import inference
-from daemon.inference import Classifier
 from daemon.pipeline import classify_file
 from daemon.routing import route
 from dicom_io.codes import TriageModality
 from dicom_io.phantom_files import write_dicom_studies
+from model_runtime.classifier import Classifier
 
 
 @pytest.mark.parametrize("modality", ["oct", "cxr"])
@@ -39,7 +39,7 @@ def test_provider_in_use_is_reported_once(
     model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     inference._fallback_reported.clear()
-    with caplog.at_level(logging.WARNING, logger="daemon.inference"):
+    with caplog.at_level(logging.WARNING, logger="model_runtime.classifier"):
         first = Classifier(model_dirs["oct"])
         second = Classifier(model_dirs["cxr"])
     fallbacks = [r for r in caplog.records if "CUDA execution provider could not" in r.message]
@@ -74,7 +74,8 @@ def test_routing(sop_class: str, modality: str, body_part: str, expected) -> Non
 def test_daemon_never_imports_tensorflow() -> None:
     code = (
         "import sys, daemon.cli, daemon.lifecycle, daemon.scp, daemon.pipeline, "
-        "daemon.reporting, daemon.worklist, daemon.demo, dicom_io.sr, storage.queries\n"
+        "daemon.reporting, daemon.worklist, daemon.demo, dicom_io.sr, storage.queries, "
+        "model_runtime.classifier, model_runtime.occlusion\n"
         "daemon.cli.build_parser()\n"
         "training = ('tensorflow', 'keras', 'tf2onnx')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in training)\n"

@@ -1,6 +1,8 @@
 """Imports never run upward: the layers a newcomer can rely on.
 
-``domain`` (errors, domain types) is the bottom and imports nothing of ours;
+``domain`` (errors, domain types) is the bottom and imports nothing of ours.
+``model_runtime`` (package format, preprocessing, classifier, occlusion)
+sits on it, below both ``daemon`` and ``trainer``, and imports neither.
 ``storage``, ``dicom_io`` and ``trainer`` never import ``daemon``. Read from
 the source with ``ast``, imports inside functions included.
 """
@@ -13,13 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("daemon", "dicom_io", "domain", "storage", "trainer")
-
-# Upward imports still to be removed, each with the reason it is still here.
-# The model runtime (classifier, package format, preprocessing) is to move
-# below both daemon/ and trainer/ (issue 12); until then evaluation runs the
-# daemon's own Classifier, so that metrics come from the path that triages.
-KNOWN = {("trainer/evaluate.py", "daemon.inference")}
+OURS = ("daemon", "dicom_io", "domain", "model_runtime", "storage", "trainer")
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,14 +42,11 @@ def test_domain_imports_nothing_of_ours() -> None:
     assert _violations("domain", tuple(p for p in OURS if p != "domain")) == set()
 
 
+def test_the_model_runtime_imports_only_the_domain() -> None:
+    forbidden = ("daemon", "dicom_io", "storage", "trainer")
+    assert _violations("model_runtime", forbidden) == set()
+
+
 @pytest.mark.parametrize("package", ["storage", "dicom_io", "trainer"])
 def test_lower_layers_never_import_the_daemon(package: str) -> None:
-    assert _violations(package, ("daemon",)) - KNOWN == set()
-
-
-def test_the_known_exceptions_are_still_real() -> None:
-    """An exception that was fixed must leave the list, so the list stays true."""
-    everywhere = set().union(
-        *(_violations(p, ("daemon",)) for p in ("storage", "dicom_io", "trainer"))
-    )
-    assert everywhere >= KNOWN
+    assert _violations(package, ("daemon",)) == set()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ModelPackageError
-from daemon.inference import Classifier
-from storage.model_package import load_package
+from model_runtime.classifier import Classifier
+from model_runtime.package import load_package
 
 
 def test_trained_package_loads(model_dirs: dict[str, Path]) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.inference import Classifier
-from daemon.occlusion import OcclusionMap, occlusion_map, peak, peak_in_lesion
 from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
+from model_runtime.classifier import Classifier
+from model_runtime.occlusion import OcclusionMap, occlusion_map, peak, peak_in_lesion
 from tests.peers import TriageDaemon
 
 LOCALISED_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
@@ -68,7 +68,7 @@ def test_fast_mode_matches_stride_one(
 
 
 def test_accumulation_matches_a_plain_loop() -> None:
-    from daemon.occlusion import _accumulate
+    from model_runtime.occlusion import _accumulate
 
     rng = np.random.default_rng(3)
     drops = {(y, x): float(rng.normal()) for y in range(0, 23, 3) for x in range(0, 19, 2)}

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from dicom_io.phantom_files import write_dicom_studies
-from storage.model_package import Manifest, write_manifest
+from model_runtime.package import Manifest, write_manifest
 from tests.peers import TriageDaemon
 
 pytestmark = pytest.mark.network

@@ -78,7 +78,7 @@ def test_frozen_base_cached_bottlenecks_and_seed(
     assert "frozen base" in manifests[0]["training"]["method"]
     assert manifests[0]["training"]["batch_size"] == 1000
     # Same seed, same result (in one process Keras renames layers, so compare outputs).
-    from daemon.inference import Classifier
+    from model_runtime.classifier import Classifier
     from trainer.bottlenecks import load_batch
 
     test_images = sorted((phantom_training_data / "OCT2017" / "test").rglob("*.jpeg"))[:24]
@@ -96,7 +96,7 @@ def test_frozen_base_cached_bottlenecks_and_seed(
 def test_parity_refuses_a_disagreeing_export(model_dirs: dict[str, Path]) -> None:
     import keras
 
-    from storage.model_package import Manifest
+    from model_runtime.package import Manifest
     from trainer.export import to_onnx
 
     manifest = Manifest.from_json((model_dirs["cxr"] / "manifest.json").read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.errors import TriageError
-from storage.model_package import InputSpec
+from model_runtime.package import InputSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dicom_io.preprocess import load_grey_file, model_input
-from storage.model_package import InputSpec
+from model_runtime.package import InputSpec
+from model_runtime.preprocess import load_grey_file, model_input
 from trainer.progress import Progress
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """``triage evaluate``: the paper's metrics for a model package on a test split.
 
 The package is run exactly as the daemon runs it (ONNX Runtime through
-``daemon.inference.Classifier``), so the figures describe what is deployed.
+``model_runtime.classifier.Classifier``), so the figures describe what is deployed.
 Writes ``metrics.json`` and PNG plots: ROC curves, the confusion matrix and
 the training curves.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.inference import Classifier
-from dicom_io.preprocess import load_grey_file
+from model_runtime.classifier import Classifier
+from model_runtime.preprocess import load_grey_file
 from trainer.datasets import discover
 from trainer.metrics import summarize
 from trainer.progress import Progress

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from domain.errors import TriageError
-from storage.model_package import Manifest, write_package
+from model_runtime.package import Manifest, write_package
 
 logger = logging.getLogger(__name__)
 

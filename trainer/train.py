@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from dicom_io.codes import PAPER_REFERRALS, TriageModality
-from storage.model_package import InputSpec, Manifest, write_manifest
+from model_runtime.package import InputSpec, Manifest, write_manifest
 from trainer.backbones import BACKBONES, Backbone, build_base, resolve_base_weights
 from trainer.bottlenecks import BottleneckCache, content_key, load_batch
 from trainer.datasets import (

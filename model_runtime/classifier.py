@@ -1,0 +1,153 @@
+"""ONNX Runtime classifiers, one per model package.
+
+The CUDA execution provider is used when it loads; otherwise the CPU. The
+onnxruntime-gpu package offers CUDA even where CUDA 13 and cuDNN 9 are
+missing, then falls back with a logged error, so the provider actually in
+use is read back from the session and a fallback is said once, plainly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from domain.errors import InferenceError
+from domain.triage import Classification
+from model_runtime.device_binding import DeviceBinding
+from model_runtime.package import Manifest, load_package
+from model_runtime.preprocess import model_input
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_fallback_reported = threading.Event()
+
+
+def create_session(model_path: Path, device: str) -> tuple[ort.InferenceSession, str]:
+    """Open ``model_path`` on the best provider ``device`` allows.
+
+    Returns the session and the name of the provider it runs on.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    wants_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    if device == "cuda" and not wants_cuda:
+        raise InferenceError(
+            'models.device is "cuda" but this onnxruntime build has no CUDA provider.'
+        )
+    providers = [CUDA, CPU] if wants_cuda else [CPU]
+    # ONNX Runtime prints its own multi-line error when CUDA libraries are
+    # missing; silence it while probing and say it once ourselves, below.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=providers)
+    except Exception as exc:
+        raise InferenceError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+    finally:
+        ort.set_default_logger_severity(3)
+    active = session.get_providers()[0]
+    if wants_cuda and active != CUDA:
+        if device == "cuda":
+            raise InferenceError(
+                'models.device is "cuda" but the CUDA provider did not load '
+                "(onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9)."
+            )
+        if not _fallback_reported.is_set():
+            _fallback_reported.set()
+            logger.warning(
+                "The CUDA execution provider could not be loaded (onnxruntime-gpu needs "
+                "CUDA 13 and cuDNN 9 on this machine); inference runs on the CPU instead."
+            )
+    return session, active
+
+
+class Classifier:
+    """A verified model package, ready to classify grey images."""
+
+    def __init__(
+        self, package_dir: Path, device: str = "auto", io_binding: bool | None = None
+    ) -> None:
+        """Load and verify a model package.
+
+        ``io_binding``: run through ONNX Runtime I/O binding (device-resident
+        buffers); by default whenever the session runs on CUDA.
+        """
+        self.manifest: Manifest
+        self.manifest, model_path = load_package(Path(package_dir))
+        self.session, self.provider = create_session(model_path, device)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != self.manifest.input.tensor_name:
+            raise InferenceError(
+                f"{model_path} must have one input named {self.manifest.input.tensor_name!r}."
+            )
+        outputs = self.session.get_outputs()
+        if outputs[0].shape[-1] not in (len(self.manifest.labels), None, "unk__0"):
+            raise InferenceError(
+                f"{model_path} outputs {outputs[0].shape[-1]} classes but the manifest "
+                f"lists {len(self.manifest.labels)}."
+            )
+        use_binding = self.provider == CUDA if io_binding is None else io_binding
+        self.binding = (
+            DeviceBinding(
+                self.session,
+                len(self.manifest.labels),
+                device="cuda" if self.provider == CUDA else "cpu",
+            )
+            if use_binding
+            else None
+        )
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        spec = self.manifest.input
+        return model_input(image, spec.height, spec.width, spec.channels, spec.scaling)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a prepared NHWC batch."""
+        if self.binding is not None:
+            return self.binding.run(batch)
+        probabilities = self.session.run(None, {self.manifest.input.tensor_name: batch})[0]
+        return np.asarray(probabilities, dtype=np.float32)
+
+    def classify(self, image: np.ndarray, frame_number: int | None = None) -> Classification:
+        """Classify one grey image in [0, 1] (any size)."""
+        return self.classify_many([image], [frame_number])[0]
+
+    def classify_many(
+        self, images: Sequence[np.ndarray], frame_numbers: Sequence[int | None]
+    ) -> list[Classification]:
+        """Classify several images in one batch (the frames of a volume)."""
+        started = time.perf_counter()
+        batch = np.stack([self.prepare(image) for image in images])
+        rows = self.predict(batch)
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        results = []
+        for probabilities, frame_number in zip(rows, frame_numbers, strict=True):
+            best = int(np.argmax(probabilities))
+            label = self.manifest.labels[best]
+            results.append(
+                Classification(
+                    modality=self.manifest.modality.value,
+                    label=label,
+                    referral=self.manifest.referral_of(label),
+                    probability=float(probabilities[best]),
+                    probabilities={
+                        name: float(p)
+                        for name, p in zip(self.manifest.labels, probabilities, strict=True)
+                    },
+                    model_name=self.manifest.name,
+                    model_version=self.manifest.version,
+                    model_sha256=self.manifest.onnx_sha256,
+                    execution_provider=self.provider,
+                    inference_ms=elapsed_ms,
+                    frame_number=frame_number,
+                )
+            )
+        return results
