@@ -11,11 +11,12 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from daemon import inference
 from daemon.pipeline import classify_file
 from daemon.routing import route
 from dicom_io.codes import TriageModality
 from dicom_io.phantom_files import write_dicom_studies
+from domain.errors import InferenceError
+from model_runtime import classifier as runtime
 from model_runtime.classifier import Classifier
 
 
@@ -38,7 +39,7 @@ def test_phantom_studies_are_classified_correctly(
 def test_provider_in_use_is_reported_once(
     model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    inference._fallback_reported.clear()
+    runtime._fallback_reported.clear()
     with caplog.at_level(logging.WARNING, logger="model_runtime.classifier"):
         first = Classifier(model_dirs["oct"])
         second = Classifier(model_dirs["cxr"])
@@ -52,6 +53,13 @@ def test_provider_in_use_is_reported_once(
         assert fallbacks == []
     assert first.provider == second.provider
     assert Classifier(model_dirs["oct"], device="cpu").provider == "CPUExecutionProvider"
+    if first.provider == "CPUExecutionProvider":
+        # Asked for CUDA where it cannot run: refused with a reason, never a
+        # silent CPU fallback.
+        with pytest.raises(InferenceError, match="cuda"):
+            Classifier(model_dirs["oct"], device="cuda")
+    else:
+        assert Classifier(model_dirs["oct"], device="cuda").provider == "CUDAExecutionProvider"
 
 
 @pytest.mark.parametrize(

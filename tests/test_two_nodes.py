@@ -53,13 +53,20 @@ def test_two_nodes_one_database(tmp_path: Path, model_dirs: dict[str, Path]) -> 
             for n, node in enumerate(nodes)
         ]
         assert all(sender.wait(timeout=120) == 0 for sender in senders)
+        database = nodes[0].database()
+        # Every study reported and every delivery delivered: nothing is left
+        # that could send a second SR after this.
+        settled = (
+            "select (select count(*) from studies where state = 'reported'), "
+            "(select count(*) from deliveries where state = 'delivered'), "
+            "(select count(*) from deliveries where state != 'delivered')"
+        )
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(pacs.structured_reports()) < len(files):
+        while database.execute(settled).fetchone() != (len(files), len(files), 0):
+            assert time.monotonic() < deadline, nodes[0].log + nodes[1].log
             time.sleep(0.3)
-        time.sleep(3)  # a duplicate would show up now
         assert len(pacs.structured_reports()) == len(files)
 
-        database = nodes[0].database()
         assert database.execute("select count(*) from instance_results").fetchone() == (len(files),)
         assert database.execute("select count(*) from reports").fetchone() == (len(files),)
         assert database.execute(
