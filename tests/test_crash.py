@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import time
@@ -13,24 +12,12 @@ from pydicom import dcmread
 
 from dicom_io.phantom_files import write_dicom_studies
 from tests.peers import TriageDaemon, dcmtk_env
+from tests.traffic import acknowledged_files
 
 pytestmark = pytest.mark.network
 
 SENDERS = 3
 STUDIES_PER_CLASS = 6  # 4 OCT classes x 6 = 24 single-instance studies
-
-
-def _acknowledged(output: str) -> list[str]:
-    """Files that storescu saw acknowledged with success, from its -v log."""
-    acknowledged, current = [], None
-    for line in output.splitlines():
-        sending = re.search(r"Sending file: (\S+)", line)
-        if sending:
-            current = sending.group(1)
-        elif "Received Store Response (Success)" in line and current:
-            acknowledged.append(current)
-            current = None
-    return acknowledged
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
@@ -73,7 +60,7 @@ def test_stop_mid_burst(
     if stop_signal == signal.SIGTERM:
         assert exit_code == 0, daemon.log  # drained: open associations finished first
     outputs = [sender.communicate(timeout=60)[0] for sender in senders]
-    acknowledged = {uid_of[f] for output in outputs for f in _acknowledged(output)}
+    acknowledged = {uid_of[f] for output in outputs for f in acknowledged_files(output)}
     print(f"\npushed {len(files)}, acknowledged before {stop_signal.name}: {len(acknowledged)}")
     assert len(acknowledged) > 0, "nothing was acknowledged"
     if stop_signal == signal.SIGKILL:
