@@ -27,18 +27,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
-import socket
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from daemon.demo import ensure_models
 from tests import peers
-from tests.peers import Orthanc, TriageDaemon
+from tests.peers import Orthanc, SilentPeer, TriageDaemon
 from tests.traffic import (
+    PlannedStudy,
     add_late_image,
     fill,
     phantom_pool,
@@ -51,22 +53,30 @@ from tests.traffic import (
 )
 
 
-def _silent_then_real(pacs: Orthanc, seconds: float) -> int:
-    """Hold the PACS's port open without answering for ``seconds``; return connections held."""
-    held = []
-    server = socket.create_server(("127.0.0.1", pacs.dicom_port))
-    server.settimeout(0.2)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            connection, _ = server.accept()
-            held.append(connection)
-        except TimeoutError:
-            continue
-    server.close()
-    for connection in held:
-        connection.close()
-    return len(held)
+def _silent_for(port: int, seconds: float) -> int:
+    """Hold ``port`` open without answering for ``seconds``; return connections held."""
+    silent = SilentPeer(port)
+    silent.start()
+    time.sleep(seconds)
+    silent.stop()
+    return silent.accepted
+
+
+def _through_fault(
+    daemon: TriageDaemon,
+    studies: list[PlannedStudy],
+    begin: Callable[[], object],
+    end: Callable[[], object],
+    parallel: int,
+) -> tuple[set[str], set[str]]:
+    """Send ``studies`` while a fault lasts, end it, send them again as a scanner would.
+
+    Returns (acknowledged during the fault, acknowledged in all).
+    """
+    begin()
+    during = send_in_parallel(daemon, study_batches(studies), "OCTSCANNER", parallel)
+    end()
+    return during, during | send_in_parallel(daemon, study_batches(studies), "OCTSCANNER", parallel)
 
 
 def main() -> None:
@@ -154,7 +164,7 @@ def main() -> None:
         figures.append(f"duplicates: {len(duplicates)}/{len(again)} acknowledged again")
 
         daemon.wait_for_reported_studies(len(studies), timeout=600)
-        held = _silent_then_real(pacs, args.silent_seconds)
+        held = _silent_for(pacs.dicom_port, args.silent_seconds)
         figures.append(f"PACS down, then silent for {args.silent_seconds:.0f} s: {held} held")
         pacs.start(triage_port=daemon.port)
 
@@ -166,27 +176,33 @@ def main() -> None:
             restart = plan_studies(
                 oct_pool, work / "restart", studies=4, images_per_study=3, seed=2
             )
-            server.pause()
-            during = send_in_parallel(daemon, study_batches(restart), "OCTSCANNER", args.parallel)
-            time.sleep(3)
-            server.resume()
-            acknowledged |= during | send_in_parallel(
-                daemon, study_batches(restart), "OCTSCANNER", args.parallel
+            database = server
+
+            def restart_end() -> None:
+                time.sleep(3)
+                database.resume()
+
+            during, sent = _through_fault(
+                daemon, restart, database.pause, restart_end, args.parallel
             )
+            acknowledged |= sent
             studies += restart
             figures.append(
                 f"PostgreSQL restart: {len(during)} acknowledged while it was down, "
                 f"{sum(len(s.images) for s in restart)} after"
             )
 
-        filler = fill(spool, leave_bytes=2_000_000)
         full = plan_studies(oct_pool, work / "full", studies=4, images_per_study=4, seed=3)
         full_images = sum(len(s.images) for s in full)
-        during = send_in_parallel(daemon, study_batches(full), "OCTSCANNER", args.parallel)
-        filler.unlink()
-        acknowledged |= during | send_in_parallel(
-            daemon, study_batches(full), "OCTSCANNER", args.parallel
+        fillers: list[Path] = []
+        during, sent = _through_fault(
+            daemon,
+            full,
+            lambda: fillers.append(fill(spool, leave_bytes=2_000_000)),
+            lambda: fillers.pop().unlink(),
+            args.parallel,
         )
+        acknowledged |= sent
         studies += full
         figures.append(
             f"disk full: {full_images - len(during)} of {full_images} images refused, "
@@ -201,9 +217,10 @@ def main() -> None:
         figures.append(f"daemon restarted or died: {'yes' if restarted else 'no'}")
         figures.append(f"findings: {findings.summary()}")
         refusals = Counter(
-            line.split(": ", 1)[1].split(" (")[0].split(":")[0]
-            for line in daemon.log.splitlines()
-            if "Refusing an instance" in line or "Cannot record an instance" in line
+            match.group(1).strip()
+            for match in re.finditer(
+                r"(?:Refusing|Cannot record) an instance from \S+: ([^:(\n]+)", daemon.log
+            )
         )
         figures.append(f"refusals by reason, from the daemon's log: {dict(refusals)}")
         for line in figures:

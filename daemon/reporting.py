@@ -173,12 +173,12 @@ class ReportBuilder(Worker):
 
     def failed(self, study_id: int, error: Exception) -> None:
         """Count the failure; park the study after MAX_REPORT_ATTEMPTS."""
+        reason = f"{type(error).__name__}: {error}"
         with self.sessions() as session, session.begin():
-            attempts = (session.get(Study, study_id) or Study(report_attempts=0)).report_attempts
-            delay = REPORT_BACKOFF.delay(attempts + 1)
-            reason = f"{type(error).__name__}: {error}"
-            parked = queries.report_failed(session, study_id, reason, MAX_REPORT_ATTEMPTS, delay)
-        if parked:
+            delay = queries.report_failed(
+                session, study_id, reason, MAX_REPORT_ATTEMPTS, REPORT_BACKOFF.delay
+            )
+        if delay is None:
             metrics.REPORTS.labels("failed").inc()
             logger.error(
                 "The report of study %d failed %d times and is parked: %s",

@@ -89,7 +89,7 @@ def match_range(pattern: object, value: str) -> bool:
     if text in ("", "*"):
         return True
     if "-" not in text:
-        return value.startswith(text) or value == text
+        return value.startswith(text)
     low, high = text.split("-", 1)
     if low and value < low:
         return False

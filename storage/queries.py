@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, aliased
 from dicom_io.codes import Referral
 from domain.triage import Classification
 from storage.models import (
-    Base,
     Delivery,
     DeliveryState,
     Instance,
@@ -122,7 +121,6 @@ def _reopen_study(session: Session, study_id: int, now: dt.datetime) -> None:
         )
         .execution_options(synchronize_session=False)
     )
-    session.expire_all()
 
 
 def record_instance(
@@ -146,27 +144,18 @@ def record_instance(
     """
     now = database_now(session)
     patient_id = _patient_key(header)
-    _insert_if_absent(
+    patient = _get_or_insert(
         session,
         Patient,
-        ("patient_id", "issuer_of_patient_id"),
-        patient_id=patient_id[0],
-        issuer_of_patient_id=patient_id[1],
+        {"patient_id": patient_id[0], "issuer_of_patient_id": patient_id[1]},
         patient_name=_text(header, "PatientName", 324),
         birth_date=_text(header, "PatientBirthDate", 8),
         sex=_text(header, "PatientSex", 16),
     )
-    patient = session.scalars(
-        select(Patient).where(
-            Patient.patient_id == patient_id[0], Patient.issuer_of_patient_id == patient_id[1]
-        )
-    ).one()
-    study_uid = str(header.StudyInstanceUID)
-    _insert_if_absent(
+    study = _get_or_insert(
         session,
         Study,
-        ("study_instance_uid",),
-        study_instance_uid=study_uid,
+        {"study_instance_uid": str(header.StudyInstanceUID)},
         patient_fk=patient.id,
         accession_number=_text(header, "AccessionNumber", 16),
         study_id=_text(header, "StudyID", 16),
@@ -181,28 +170,23 @@ def record_instance(
         last_received_at=now,
         state=StudyState.RECEIVING,
     )
-    study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
     # A late instance reopens a reported study: it gets a new report.
     _reopen_study(session, study.id, now)
-    study = session.scalars(select(Study).where(Study.id == study.id)).one()
-    series_uid = str(header.SeriesInstanceUID)
-    _insert_if_absent(
+    series = _get_or_insert(
         session,
         Series,
-        ("series_instance_uid",),
-        series_instance_uid=series_uid,
+        {"series_instance_uid": str(header.SeriesInstanceUID)},
         study_fk=study.id,
         modality=_text(header, "Modality", 16),
         body_part_examined=_text(header, "BodyPartExamined", 64).upper(),
         series_number=_text(header, "SeriesNumber", 12),
         series_description=_text(header, "SeriesDescription", 324),
     )
-    series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
     instance = Instance(
         sop_instance_uid=str(header.SOPInstanceUID),
         sop_class_uid=str(header.SOPClassUID),
-        series=series,
-        study=study,
+        series_fk=series.id,
+        study_fk=study.id,
         transfer_syntax_uid=transfer_syntax_uid,
         path=path,
         size_bytes=size_bytes,
@@ -216,20 +200,27 @@ def record_instance(
     return instance
 
 
-def _insert_if_absent(
-    session: Session, model: type[Base], unique: Sequence[str], **values: object
-) -> bool:
-    """Insert a row unless one with the same ``unique`` columns exists; True if inserted.
+_Row = TypeVar("_Row", Patient, Study, Series)
+
+
+def _get_or_insert(
+    session: Session, model: type[_Row], key: dict[str, object], **values: object
+) -> _Row:
+    """The row with ``key`` (its unique columns), inserted first if there is none.
 
     ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key
-    to commit (PostgreSQL) or runs under SQLite's single writer, so the
-    caller can read the row back in the same transaction either way.
+    to commit (PostgreSQL) or runs under SQLite's single writer, so the row
+    is then read back in the same transaction either way.
     """
     dialect = session.get_bind().dialect.name
     insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert_for(model).values(**values).on_conflict_do_nothing(index_elements=unique)
-    result = session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
+    session.execute(
+        insert_for(model).values(**key, **values).on_conflict_do_nothing(index_elements=list(key))
+    )
+    query = select(model)
+    for column, value in key.items():
+        query = query.where(getattr(model, column) == value)
+    return session.scalars(query).one()
 
 
 def _patient_key(header: Dataset) -> tuple[str, str]:
@@ -454,20 +445,30 @@ def commit_report_state(session: Session, study_id: int, revision: int, state: S
 
 
 def report_failed(
-    session: Session, study_id: int, error: str, max_attempts: int, retry_in: float
-) -> bool:
-    """Count a failed report of a study; park it after ``max_attempts``. True if parked."""
+    session: Session,
+    study_id: int,
+    error: str,
+    max_attempts: int,
+    retry_in: Callable[[int], float],
+) -> float | None:
+    """Count a failed report of a study and schedule the next try.
+
+    ``retry_in(attempts)`` gives the seconds to wait after that many failures.
+    Returns those seconds, or None when the study is parked (``max_attempts``
+    reached, or it is gone).
+    """
     study = session.get(Study, study_id)
     if study is None:
-        return False
+        return None
     study.report_attempts += 1
     study.report_error = error[:2000]
     if study.report_attempts >= max_attempts:
         study.state = StudyState.REPORT_FAILED
         study.retry_at = None
-        return True
-    study.retry_at = database_now(session) + dt.timedelta(seconds=retry_in)
-    return False
+        return None
+    delay = retry_in(study.report_attempts)
+    study.retry_at = database_now(session) + dt.timedelta(seconds=delay)
+    return delay
 
 
 def latest_report(session: Session, study_id: int) -> Report | None:

@@ -309,8 +309,8 @@ class SilentPeer:
     Each accepted connection is held open, unread, until ``stop``.
     """
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.accepted = 0
         self._socket: socket.socket | None = None
         self._held: list[socket.socket] = []

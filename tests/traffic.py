@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
 import re
 import shutil
@@ -309,8 +310,6 @@ def check_invariants(
 
 
 def worklist(daemon: TriageDaemon) -> list[dict[str, Any]]:
-    import json
-
     result = daemon.triage("worklist", "--urgent", "--json")
     return list(json.loads(result.stdout))
 
@@ -335,13 +334,6 @@ def phantom_pool(out: Path, modality: str, per_class: int, seed: int) -> list[Pa
     from dicom_io.phantom_files import write_dicom_studies
 
     return sorted(write_dicom_studies(modality, out, per_class, seed=seed).rglob("*.dcm"))
-
-
-def storescu_once(daemon: TriageDaemon, image: PlannedImage) -> bool:
-    """Send one image over its own association; True when acknowledged."""
-    command = daemon.storescu_command([image.path], "-v")
-    result: subprocess.CompletedProcess[str] = run_tool(command)
-    return bool(acknowledged_files(result.stdout + result.stderr))
 
 
 # Type 2 attributes (present, possibly empty) that sloppy devices leave out.
