@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from daemon.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TRIAGE_"
+# Field metadata of a setting that is read once at start-up: a SIGHUP
+# reload leaves it as it was and names it (``restart_needed``).
+RESTART: dict[str, bool] = {"restart": True}
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -33,16 +37,24 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("STATE_DIRECTORY", "var")).absolute()
 
 
+class Section:
+    """A ``[section]`` of the file; ``validate`` raises ``ConfigError``."""
+
+    def validate(self) -> None:
+        """Nothing to check unless a section says otherwise."""
+
+
 @dataclasses.dataclass(frozen=True)
-class DicomSettings:
-    ae_title: str = "TRIAGE"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()
-    max_associations: int = 10
-    network_timeout_seconds: float = 60.0
+class DicomSettings(Section):
+    # The listener is built once: every key here needs a restart.
+    ae_title: str = dataclasses.field(default="TRIAGE", metadata=RESTART)
+    host: str = dataclasses.field(default="127.0.0.1", metadata=RESTART)
+    port: int = dataclasses.field(default=11112, metadata=RESTART)
+    allowed_calling_aets: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
+    max_associations: int = dataclasses.field(default=10, metadata=RESTART)
+    network_timeout_seconds: float = dataclasses.field(default=60.0, metadata=RESTART)
     # 0 means unlimited: far faster ingest of large images (REFERENCE.md).
-    max_pdu_size: int = 0
+    max_pdu_size: int = dataclasses.field(default=0, metadata=RESTART)
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
@@ -57,16 +69,18 @@ class DicomSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class StorageSettings:
-    state_dir: str = ""
-    database_url: str = ""
-    spool_dir: str = ""
+class StorageSettings(Section):
+    # The database, the spool and the association handlers are set up once:
+    # every key here needs a restart.
+    state_dir: str = dataclasses.field(default="", metadata=RESTART)
+    database_url: str = dataclasses.field(default="", metadata=RESTART)
+    spool_dir: str = dataclasses.field(default="", metadata=RESTART)
     # A second copy of a SOP Instance UID: "keep_first" (as Orthanc does) or
     # "replace_if_different" (a changed copy replaces the first and is triaged again).
-    duplicate_policy: str = "keep_first"
+    duplicate_policy: str = dataclasses.field(default="keep_first", metadata=RESTART)
     # Below this much free space in the spool, C-STOREs are refused with
     # 0xA700 (out of resources) so that the disk never fills.
-    min_free_bytes: int = 1_000_000_000
+    min_free_bytes: int = dataclasses.field(default=1_000_000_000, metadata=RESTART)
 
     def validate(self) -> None:
         if self.min_free_bytes < 0:
@@ -88,7 +102,7 @@ class StorageSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(Section):
     oct: str = ""
     cxr: str = ""
     # "auto" tries CUDA then falls back to the CPU; "cpu" never tries CUDA.
@@ -107,7 +121,7 @@ class ModelSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudySettings:
+class StudySettings(Section):
     stable_seconds: float = 5.0
     # OCT volumes: "centre" triages the central (foveal) B-scan; "all" triages
     # every B-scan and reports the most urgent one with its frame number.
@@ -121,7 +135,7 @@ class StudySettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class Destination:
+class Destination(Section):
     ae_title: str
     host: str
     port: int
@@ -166,7 +180,7 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeliverySettings:
+class DeliverySettings(Section):
     # Delays between C-STORE attempts, as dcm4chee writes them; after the
     # last one the delivery is dead-lettered (state "failed").
     retry_schedule: str = "5x1m,12x5m,24x1h"
@@ -187,9 +201,9 @@ class DeliverySettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class OcclusionSettings:
+class OcclusionSettings(Section):
     # Occlusion maps (Kermany et al.: a blank box slid over the image).
-    enabled: bool = True
+    enabled: bool = dataclasses.field(default=True, metadata=RESTART)
     # Send the heat-map Secondary Capture to the destinations too (after the SR).
     send: bool = False
     box: int = 20
@@ -197,8 +211,9 @@ class OcclusionSettings:
     stride: int = 1
     fill: str = "mean"  # what the box holds: the image "mean" or "zero"
     referrals: tuple[str, ...] = ("urgent", "routine", "supportive care")
-    workers: int = 1
-    queue_size: int = 16
+    # Threads and their queue are made once at start-up.
+    workers: int = dataclasses.field(default=1, metadata=RESTART)
+    queue_size: int = dataclasses.field(default=16, metadata=RESTART)
 
     def validate(self) -> None:
         if self.mode not in ("fast", "grid"):
@@ -215,19 +230,16 @@ class OcclusionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetentionSettings:
+class RetentionSettings(Section):
     # `triage purge` always deletes old images from the spool; with
     # keep_results the triage results, reports and audit stay in SQL.
     keep_results: bool = True
 
-    def validate(self) -> None:
-        pass
-
 
 @dataclasses.dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(Section):
     # Prometheus endpoint on 127.0.0.1; 0 disables it.
-    port: int = 0
+    port: int = dataclasses.field(default=0, metadata=RESTART)
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -235,9 +247,10 @@ class MetricsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoggingSettings:
-    level: str = "INFO"
-    format: str = "text"  # "text", or "json": one object per line
+class LoggingSettings(Section):
+    # Logging is configured by the entry point, once.
+    level: str = dataclasses.field(default="INFO", metadata=RESTART)
+    format: str = dataclasses.field(default="text", metadata=RESTART)  # "text", or "json"
 
     def validate(self) -> None:
         if self.format not in ("text", "json"):
@@ -278,17 +291,14 @@ class Settings:
         )
 
 
-_SECTIONS: dict[str, type] = {
-    "dicom": DicomSettings,
-    "storage": StorageSettings,
-    "models": ModelSettings,
-    "study": StudySettings,
-    "delivery": DeliverySettings,
-    "occlusion": OcclusionSettings,
-    "retention": RetentionSettings,
-    "metrics": MetricsSettings,
-    "logging": LoggingSettings,
-}
+def _sections() -> dict[str, type[Section]]:
+    """The ``[section]`` classes, from ``Settings``' own fields: the one list of them."""
+    hints = typing.get_type_hints(Settings)
+    return {
+        field.name: hints[field.name]
+        for field in dataclasses.fields(Settings)
+        if field.name != "destinations"
+    }
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -309,15 +319,19 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Configuration file {path} is not valid TOML: {exc}") from exc
 
-    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    classes = _sections()
+    unknown = set(raw) - set(classes) - {"destinations"}
     if unknown:
         raise ConfigError(f"Unknown configuration section(s): {', '.join(sorted(unknown))}.")
 
     sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in classes.items():
         values = dict(raw.get(name, {}))
         values.update(_env_overrides(name, cls, env))
         sections[name] = _build(name, cls, values)
+    # Paths left empty default to the state directory.
+    sections["storage"] = sections["storage"].resolved(env)
+    sections["models"] = sections["models"].resolved(Path(sections["storage"].state_dir))
 
     destinations = tuple(
         _build("destinations", Destination, dict(item)) for item in raw.get("destinations", [])
@@ -325,33 +339,32 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     if env_dest := env.get(f"{ENV_PREFIX}DESTINATIONS"):
         destinations = _destinations_from_env(env_dest)
 
-    storage: StorageSettings = sections["storage"].resolved(env)
-    settings = Settings(
-        dicom=sections["dicom"],
-        storage=storage,
-        models=sections["models"].resolved(Path(storage.state_dir)),
-        study=sections["study"],
-        delivery=sections["delivery"],
-        occlusion=sections["occlusion"],
-        retention=sections["retention"],
-        metrics=sections["metrics"],
-        logging=sections["logging"],
-        destinations=destinations,
-    )
-    sections_to_check: tuple[Any, ...] = (
-        settings.dicom,
-        settings.storage,
-        settings.models,
-        settings.study,
-        settings.delivery,
-        settings.occlusion,
-        settings.metrics,
-        settings.logging,
-        *settings.destinations,
-    )
-    for section in sections_to_check:
+    for section in (*sections.values(), *destinations):
         section.validate()
-    return settings
+    return Settings(**sections, destinations=destinations)
+
+
+def restart_needed(running: Settings, loaded: Settings) -> list[str]:
+    """The keys that differ between two settings and take effect only at a restart."""
+    changed = []
+    for name in _sections():
+        before, after = getattr(running, name), getattr(loaded, name)
+        for field in dataclasses.fields(before):
+            if field.metadata.get("restart") and getattr(before, field.name) != getattr(
+                after, field.name
+            ):
+                changed.append(f"{name}.{field.name}")
+    return changed
+
+
+def restart_only_keys() -> list[str]:
+    """Every key that a reload cannot change (for the documentation's test)."""
+    return [
+        f"{name}.{field.name}"
+        for name, cls in _sections().items()
+        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if field.metadata.get("restart")
+    ]
 
 
 def _env_overrides(section: str, cls: type, env: Mapping[str, str]) -> dict[str, Any]:

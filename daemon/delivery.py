@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.config import DeliverySettings
 from daemon.errors import DeliveryError
+from daemon.runtime import CurrentRuntime
 from daemon.status import Status
 from daemon.worker import Backoff, Worker
 from dicom_io.network import set_nodelay
@@ -164,8 +165,7 @@ class DeliveryWorker(Worker):
         self,
         destination: queries.Destination,
         sessions: sessionmaker[Session],
-        settings: DeliverySettings,
-        calling_ae_title: str,
+        runtime: CurrentRuntime,
         stop: threading.Event,
         send: Send = c_store,
     ) -> None:
@@ -175,8 +175,7 @@ class DeliveryWorker(Worker):
         )
         self.destination = destination
         self.sessions = sessions
-        self.settings = settings
-        self.calling_ae_title = calling_ae_title
+        self.runtime = runtime
         self.send = send
         self.breaker = CircuitBreaker()
 
@@ -193,6 +192,7 @@ class DeliveryWorker(Worker):
         return bool(due)
 
     def deliver(self, delivery_id: int) -> None:
+        settings = self.runtime.current().settings
         with self.sessions() as session, session.begin():
             delivery = queries.lease_delivery(session, delivery_id, LEASE_SECONDS)
             if delivery is None:
@@ -201,14 +201,14 @@ class DeliveryWorker(Worker):
         ae_title, host, port = self.destination
         error: Exception | None = None
         try:
-            self.send(content, ae_title, host, port, self.calling_ae_title)
+            self.send(content, ae_title, host, port, settings.dicom.ae_title)
         except Exception as exc:
             error = exc
         with self.sessions() as session, session.begin():
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:  # purged meanwhile
                 return
-            record_outcome(session, delivery, error, self.settings)
+            record_outcome(session, delivery, error, settings.delivery)
         if error is None:
             self.breaker.succeeded()
             return
@@ -225,20 +225,24 @@ class DeliveryWorker(Worker):
 
 
 class Deliverer(Worker):
-    """Starts a ``DeliveryWorker`` for each destination that has work waiting."""
+    """Starts a ``DeliveryWorker`` for each destination that has work waiting.
+
+    ``spawn`` starts a new worker: the supervisor's ``start``, so that it
+    owns and watches delivery workers like every other thread.
+    """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        settings: DeliverySettings,
-        calling_ae_title: str,
+        runtime: CurrentRuntime,
         stop: threading.Event,
+        spawn: Callable[[Worker], None],
         send: Send = c_store,
     ) -> None:
-        super().__init__("delivery-supervisor", stop, idle_seconds=1.0, stuck_seconds=300.0)
+        super().__init__("delivery-dispatcher", stop, idle_seconds=1.0, stuck_seconds=300.0)
         self.sessions = sessions
-        self.settings = settings
-        self.calling_ae_title = calling_ae_title
+        self.runtime = runtime
+        self.spawn = spawn
         self.send = send
         self.workers: dict[queries.Destination, DeliveryWorker] = {}
 
@@ -248,21 +252,8 @@ class Deliverer(Worker):
         for destination in destinations:
             if destination not in self.workers:
                 worker = DeliveryWorker(
-                    destination,
-                    self.sessions,
-                    self.settings,
-                    self.calling_ae_title,
-                    self.stop,
-                    self.send,
+                    destination, self.sessions, self.runtime, self.stop, self.send
                 )
                 self.workers[destination] = worker
-                worker.start()
+                self.spawn(worker)
         return False
-
-    def reconfigure(self, settings: DeliverySettings) -> None:
-        self.settings = settings
-        for worker in list(self.workers.values()):
-            worker.settings = settings
-
-    def all_workers(self) -> list[Worker]:
-        return [self, *self.workers.values()]

@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__, metrics
 from daemon.config import Settings
 from daemon.decoding import IsolatedDecoder, decode
+from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
 from dicom_io.codes import TriageModality
 from dicom_io.sc import build_heatmap_sc, render_overlay
@@ -128,15 +128,15 @@ class Explainer:
 
     def __init__(
         self,
-        settings: Settings,
+        runtime: CurrentRuntime,
         sessions: sessionmaker[Session],
-        classifiers: Mapping[TriageModality, Classifier],
         stop: threading.Event,
         poll_seconds: float = 1.0,
     ) -> None:
-        self.settings = settings
+        # The queue and the threads are sized once (restart-only settings).
+        settings = runtime.current().settings
+        self.runtime = runtime
         self.sessions = sessions
-        self.classifiers = classifiers
         self.stop = stop
         self.poll_seconds = poll_seconds
         self.work: queue.Queue[int] = queue.Queue(maxsize=settings.occlusion.queue_size)
@@ -152,21 +152,12 @@ class Explainer:
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
-    def start(self) -> None:
-        for worker in self._workers:
-            worker.start()
-
-    def join(self, timeout: float) -> None:
-        for worker in self._workers:
-            worker.join(timeout=timeout)
-        self.decoder.close()
-
     def poll(self) -> bool:
         """Queue the images that need a map and are not resting."""
         with self.sessions() as session:
             candidates = queries.instances_needing_maps(
                 session,
-                self.settings.occlusion.referrals,
+                self.runtime.current().settings.occlusion.referrals,
                 self.work.maxsize,
                 exclude=self.resting(time.monotonic()),
             )
@@ -245,9 +236,10 @@ class Explainer:
             result = instance.result
             path, label, frame = Path(instance.path), result.label, result.frame_number
             study_fk, modality = instance.study_fk, TriageModality(result.modality)
-        classifier = self.classifiers[modality]
+        runtime = self.runtime.current()  # one snapshot for the whole map
+        settings, classifier = runtime.settings, runtime.classifiers[modality]
         content, sop_instance_uid, occlusion = render_sc(
-            path, classifier, label, frame, self.settings, self.decoder
+            path, classifier, label, frame, settings, self.decoder
         )
         try:
             with self.sessions() as session, session.begin():
@@ -267,11 +259,11 @@ class Explainer:
                 )
                 session.add(record)
                 session.flush()
-                if self.settings.occlusion.send:
+                if settings.occlusion.send:
                     queries.add_occlusion_deliveries(
                         session,
                         record,
-                        [(d.ae_title, d.host, d.port) for d in self.settings.destinations],
+                        [(d.ae_title, d.host, d.port) for d in settings.destinations],
                     )
         except IntegrityError:
             return  # another node made this map first

@@ -13,8 +13,15 @@ import datetime as dt
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon import metrics
+from storage import queries
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +82,48 @@ def judge(snapshot: dict[str, Any] | None) -> tuple[bool, list[str]]:
     if snapshot.get("stopping"):
         problems.append("the daemon is stopping")
     return not problems, problems
+
+
+def work_counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    """Outbox and parked work from the database; an outage is reported, not raised."""
+    try:
+        with sessions() as session:
+            pending, failed = queries.delivery_counts(session)
+            counts = queries.work_counts(session)
+    except Exception as exc:
+        logger.warning("The status cannot read the database: %s", type(exc).__name__)
+        return {"database": "unavailable"}
+    return {"database": "ok", "outbox_pending": pending, "dead_letters": failed, **counts}
+
+
+def status_snapshot(
+    running: dict[str, Any],
+    sessions: sessionmaker[Session],
+    last_error: LastError,
+    workers_alive: bool,
+    occlusion: Callable[[float], dict[str, int]] | None,
+) -> dict[str, Any]:
+    """What the status file holds: ``running`` (address, models, queue, disk) and the rest."""
+    return {
+        "pid": os.getpid(),
+        "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **running,
+        "outbox_pending": None,
+        "dead_letters": None,
+        **work_counts(sessions),
+        "occlusion": occlusion(time.monotonic()) if occlusion is not None else None,
+        "workers_alive": workers_alive,
+        "last_error": last_error.message,
+        "last_error_at": last_error.at,
+        "stopping": False,
+    }
+
+
+def publish_metrics(snapshot: dict[str, Any]) -> None:
+    """The gauges the status file also shows."""
+    metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
+    if snapshot["database"] == "ok":
+        metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
+        metrics.DEAD_LETTERS.set(snapshot["dead_letters"])
+        metrics.STUDIES_PARKED.set(snapshot["studies_report_failed"])
+        metrics.INSTANCES_FAILED.set(snapshot["instances_failed"])

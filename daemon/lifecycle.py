@@ -1,45 +1,53 @@
-"""Run the daemon: start the stages, tell systemd, drain on SIGTERM.
+"""Run the daemon: wire the stages, tell systemd, drain on SIGTERM.
 
-Signals only set an event; the main loop reacts. The first SIGTERM or
-SIGINT drains (stops accepting, lets the workers finish their item) within
-``DRAIN_SECONDS``; a second one exits at once. Readiness is logged and sent
-to systemd exactly once; watchdog pings are sent only while every stage is
-alive.
+The flow an image takes is receive (``scp``) → store (``spool``,
+``storage.queries``) → infer (``pipeline``) → report (``reporting``) →
+deliver (``delivery``), with occlusion maps (``explain``) beside it. This
+module only wires them: the settings and models in force are one
+``runtime.Runtime`` snapshot, and every background thread belongs to the
+``supervisor.Supervisor``.
+
+Signals only set an event; the main loop reacts. SIGHUP swaps in a new
+runtime snapshot. The first SIGTERM or SIGINT drains (stops accepting,
+lets the workers finish their item) within ``DRAIN_SECONDS``; a second one
+exits at once. Readiness is logged and sent to systemd exactly once;
+watchdog pings are sent only while every worker is alive.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import logging
 import os
 import queue
 import signal
-import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.transport import AssociationServer
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.audit import AssociationAudit
-from daemon.config import Settings, load_settings
+from daemon.config import Settings
 from daemon.delivery import Deliverer
 from daemon.errors import DatabaseUnavailable, StorageError, TriageError
 from daemon.explain import Explainer
-from daemon.health import LastError, write_status
+from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.pipeline import TriagePipeline
 from daemon.reporting import ReportBuilder
-from daemon.scp import IngestContext, event_handlers, make_acceptor, receive_to_files
+from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
+from daemon.scp import IngestContext, event_handlers, make_acceptor
+from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
-from daemon.worker import Worker
+from daemon.supervisor import Supervisor
 from daemon.worklist import handle_find
-from dicom_io.codes import TriageModality
-from model_runtime.classifier import Classifier
 from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
 
@@ -57,28 +65,6 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1
     CONFIG = 78  # EX_CONFIG from sysexits.h: systemd shows it by name
     INTERRUPTED = 130
-
-
-def notify(message: str) -> bool:
-    """Send ``message`` to systemd's notification socket, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Half the systemd watchdog period, or None when there is no watchdog."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and int(pid) != os.getpid()):
-        return None
-    return int(usec) / 2_000_000
 
 
 def wait_for_database(engine: Engine, seconds: float) -> bool:
@@ -102,58 +88,44 @@ def wait_for_database(engine: Engine, seconds: float) -> bool:
             delay = min(delay * 2, 5.0)
 
 
-def load_classifiers(settings: Settings) -> dict[TriageModality, Classifier]:
-    classifiers = {
-        TriageModality.OCT: Classifier(Path(settings.models.oct), settings.models.device),
-        TriageModality.CXR: Classifier(Path(settings.models.cxr), settings.models.device),
-    }
-    providers = sorted({c.provider for c in classifiers.values()})
-    logger.info("Inference runs on %s", ", ".join(providers))
-    for modality, classifier in classifiers.items():
-        manifest = classifier.manifest
-        logger.info(
-            "Model %s: %s %s, labels %s, sha256 %s",
-            modality.value,
-            manifest.name,
-            manifest.version,
-            ",".join(manifest.labels),
-            manifest.onnx_sha256[:12],
-        )
-    return classifiers
+def receive_to_files(incoming: Path) -> None:
+    """Process-wide: pynetdicom writes each received dataset to a file as it arrives.
+
+    An OCT volume can be hundreds of megabytes and several scanners send at
+    once, so nothing is held in memory. pynetdicom makes the file with
+    ``tempfile`` and deletes it after the handler returns, so the process's
+    temporary folder is the spool's own (the same file system: a move, not
+    a copy). Set here, in the entry point, and nowhere else.
+    """
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
 
 
-def _work_snapshot(sessions: sessionmaker[Session]) -> dict[str, Any]:
-    """Outbox and parked work from the database; an outage is reported, not raised."""
-    try:
-        with sessions() as session:
-            pending, failed = queries.delivery_counts(session)
-            counts = queries.work_counts(session)
-    except Exception as exc:
-        logger.warning("The status cannot read the database: %s", type(exc).__name__)
-        return {"database": "unavailable"}
-    return {
-        "database": "ok",
-        "outbox_pending": pending,
-        "dead_letters": failed,
-        **counts,
-    }
+class _Signals:
+    """SIGTERM/SIGINT ask for a drain (a second one exits at once); SIGHUP for a reload."""
+
+    def __init__(self) -> None:
+        self.shutdown = threading.Event()
+        self.reload = threading.Event()
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload.set())
+
+    def _on_stop(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.shutdown.is_set():
+            os._exit(ExitCode.INTERRUPTED)
+        self.shutdown.set()
 
 
-def _snapshot(
-    settings: Settings,
-    classifiers: dict[TriageModality, Classifier],
-    work: queue.Queue[int],
-    spool: Spool,
-    sessions: sessionmaker[Session],
-    last_error: LastError,
-    workers_alive: bool,
-    explainer: Explainer | None,
+def _describe_running(
+    runtime: Runtime, work: queue.Queue[int], spool: Spool, server: AssociationServer
 ) -> dict[str, Any]:
+    settings = runtime.settings
+    host, port = server.server_address[:2]
     return {
-        "pid": os.getpid(),
-        "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "ae_title": settings.dicom.ae_title,
-        "listen": f"{settings.dicom.host}:{settings.dicom.port}",
+        "listen": f"{host}:{port}",
         "models": {
             modality.value: {
                 "name": c.manifest.name,
@@ -161,57 +133,22 @@ def _snapshot(
                 "sha256": c.manifest.onnx_sha256,
                 "provider": c.provider,
             }
-            for modality, c in classifiers.items()
+            for modality, c in runtime.classifiers.items()
         },
         "queue_depth": work.qsize(),
-        "outbox_pending": None,
-        "dead_letters": None,
-        **_work_snapshot(sessions),
         "spool_free_bytes": spool.free_bytes(),
-        "occlusion": explainer.counts(time.monotonic()) if explainer is not None else None,
-        "workers_alive": workers_alive,
-        "last_error": last_error.message,
-        "last_error_at": last_error.at,
-        "stopping": False,
     }
 
 
-def workers_healthy(workers: list[Worker]) -> bool:
-    """Every worker thread runs and has finished a round recently."""
-    now = time.monotonic()
-    for worker in workers:
-        if not worker.is_alive():
-            logger.error("The %s thread has stopped", worker.name)
-            return False
-        if worker.stuck(now):
-            logger.error("The %s thread is stuck", worker.name)
-            return False
-    return True
-
-
-def reload(
-    config_path: Path | None,
-    current: Settings,
-    classifiers: dict[TriageModality, Classifier],
-) -> tuple[Settings, dict[TriageModality, Classifier]]:
-    """Re-read the configuration and the model packages (SIGHUP).
-
-    Anything that fails to load is rejected and what is running is kept, so
-    a broken package never replaces a working one.
-    """
-    try:
-        settings = load_settings(config_path)
-        fresh = load_classifiers(settings)
-    except TriageError as exc:
-        logger.error("Reload rejected, keeping the running configuration and models: %s", exc)
-        return current, classifiers
-    if settings.dicom != current.dicom or settings.storage != current.storage:
-        logger.warning("Changes to [dicom] and [storage] take effect at the next restart")
-    logger.info(
-        "Reloaded: %s",
-        ", ".join(f"{m.value} {c.manifest.name} {c.manifest.version}" for m, c in fresh.items()),
-    )
-    return settings, fresh
+def _drain_associations(ae: AE, server: AssociationServer, seconds: float) -> None:
+    """Stop accepting; let open associations finish within ``seconds``, then abort them."""
+    server.shutdown()
+    deadline = time.monotonic() + seconds
+    while ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for association in ae.active_associations:
+        logger.warning("Aborting an association still open after the drain time")
+        association.abort()
 
 
 def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
@@ -223,7 +160,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             # Restartable: systemd tries again (Restart=on-failure); a wrong
             # schema below is a configuration error it must not retry.
             return ExitCode.FAILURE
-        classifiers = load_classifiers(settings)
+        runtime = CurrentRuntime(load_runtime(settings))
         spool = Spool(settings.spool_dir)
         if removed := spool.remove_partial_writes():
             logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
@@ -235,46 +172,43 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         logger.error("Cannot start: %s", exc)
         return ExitCode.CONFIG
 
-    sessions = make_session_factory(engine)
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
-    stop = threading.Event()
+    try:
+        return _run(settings, config_path, engine, runtime, spool, last_error)
+    finally:
+        logging.getLogger().removeHandler(last_error)
+        engine.dispose()
+
+
+def _run(
+    settings: Settings,
+    config_path: Path | None,
+    engine: Engine,
+    runtime: CurrentRuntime,
+    spool: Spool,
+    last_error: LastError,
+) -> ExitCode:
+    sessions = make_session_factory(engine)
+    supervisor = Supervisor(threading.Event())
     work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
-    pipeline = TriagePipeline(
-        sessions, classifiers, work, stop, oct_all_frames=settings.study.oct_frames == "all"
-    )
-    reporter = ReportBuilder(settings, sessions, stop)
-    deliverer = Deliverer(sessions, settings.delivery, settings.dicom.ae_title, stop)
+    pipeline = TriagePipeline(sessions, runtime, work, supervisor.stop)
     explainer = (
-        Explainer(settings, sessions, classifiers, stop) if settings.occlusion.enabled else None
+        Explainer(runtime, sessions, supervisor.stop) if settings.occlusion.enabled else None
     )
-
-    shutdown_requested = threading.Event()
-    reload_requested = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if shutdown_requested.is_set():
-            os._exit(ExitCode.INTERRUPTED)
-        shutdown_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
+    signals = _Signals()
 
     ae = make_acceptor(settings.dicom)
     audit = AssociationAudit(sessions)
-    handlers = event_handlers(
-        IngestContext(
-            spool=spool,
-            sessions=sessions,
-            work=work,
-            duplicate_policy=settings.storage.duplicate_policy,
-            min_free_bytes=settings.storage.min_free_bytes,
-            audit=audit,
-        ),
-        handle_find,
-        [sessions, settings.dicom.ae_title, audit],
+    ingest = IngestContext(
+        spool=spool,
+        sessions=sessions,
+        work=work,
+        duplicate_policy=settings.storage.duplicate_policy,
+        min_free_bytes=settings.storage.min_free_bytes,
+        audit=audit,
     )
+    handlers = event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
     try:
         server = ae.start_server(
             (settings.dicom.host, settings.dicom.port), block=False, evt_handlers=handlers
@@ -289,17 +223,23 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         metrics.serve_metrics(settings.metrics.port)
     except OSError as exc:
         logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
+        server.shutdown()
         return ExitCode.FAILURE
     if engine.dialect.name == "sqlite":
         # One node by construction: leases left by its previous process are stale.
         with sessions() as session, session.begin():
             if freed := queries.release_all_leases(session):
                 logger.warning("Released %d image(s) held when the daemon last stopped", freed)
-    pipeline.start()
-    reporter.start()
-    deliverer.start()
+
+    supervisor.start(
+        pipeline,
+        ReportBuilder(runtime, sessions, supervisor.stop),
+        Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start),
+    )
+    supervisor.close_at_exit(pipeline.decoder.close)
     if explainer is not None:
-        explainer.start()
+        supervisor.start(*explainer.workers())
+        supervisor.close_at_exit(explainer.decoder.close)
     host, port = server.server_address[:2]
     logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
     notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
@@ -307,35 +247,18 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     exit_code = ExitCode.OK
-    snapshot = _snapshot(settings, classifiers, work, spool, sessions, last_error, True, explainer)
-    write_status(settings.state_dir, snapshot)
-    while not shutdown_requested.wait(tick):
-        if reload_requested.is_set():
-            reload_requested.clear()
-            notify("RELOADING=1")
-            settings, classifiers = reload(config_path, settings, classifiers)
-            pipeline.classifiers = classifiers
-            reporter.settings = settings
-            deliverer.reconfigure(settings.delivery)
-            if explainer is not None:
-                explainer.classifiers, explainer.settings = classifiers, settings
-            notify("READY=1")
-        if stale := spool.remove_stale_receives():
-            logger.warning("Removed %d file(s) of transfers that were aborted", stale)
-        workers: list[Worker] = [pipeline, reporter, *deliverer.all_workers()]
-        if explainer is not None:
-            workers += explainer.workers()
-        alive = workers_healthy(workers)
-        snapshot = _snapshot(
-            settings, classifiers, work, spool, sessions, last_error, alive, explainer
+    occlusion_counts = explainer.counts if explainer is not None else None
+    while True:
+        alive = supervisor.healthy()
+        snapshot = status_snapshot(
+            _describe_running(runtime.current(), work, spool, server),
+            sessions,
+            last_error,
+            alive,
+            occlusion_counts,
         )
         write_status(settings.state_dir, snapshot)
-        metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
-        if snapshot["database"] == "ok":
-            metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
-            metrics.DEAD_LETTERS.set(snapshot["dead_letters"])
-            metrics.STUDIES_PARKED.set(snapshot["studies_report_failed"])
-            metrics.INSTANCES_FAILED.set(snapshot["instances_failed"])
+        publish_metrics(snapshot)
         if not alive:
             logger.error("A worker thread died; stopping so that systemd restarts the service")
             exit_code = ExitCode.FAILURE
@@ -348,25 +271,22 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         )
         if interval:
             notify("WATCHDOG=1")
+        if signals.shutdown.wait(tick):
+            break
+        if signals.reload.is_set():
+            signals.reload.clear()
+            notify("RELOADING=1")
+            runtime.replace(reload_runtime(config_path, runtime.current()))
+            notify("READY=1")
+        if stale := spool.remove_stale_receives():
+            logger.warning("Removed %d file(s) of transfers that were aborted", stale)
     write_status(settings.state_dir, {**snapshot, "stopping": True})
 
     logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
     notify("STOPPING=1")
-    # Stop accepting; let open associations finish, within the drain time.
-    server.shutdown()
-    deadline = time.monotonic() + DRAIN_SECONDS / 2
-    while ae.active_associations and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for association in ae.active_associations:
-        logger.warning("Aborting an association still open after the drain time")
-        association.abort()
-    stop.set()
-    for thread in (pipeline, reporter, *deliverer.all_workers()):
-        thread.join(timeout=DRAIN_SECONDS / 4)
-    pipeline.decoder.close()
-    if explainer is not None:
-        # An unfinished map is simply computed again after the restart.
-        explainer.join(timeout=DRAIN_SECONDS / 4)
-    engine.dispose()
+    _drain_associations(ae, server, DRAIN_SECONDS / 2)
+    # An unfinished image or map is leased in the database: it is simply
+    # taken again after the restart.
+    supervisor.drain(DRAIN_SECONDS / 2)
     logger.info("Stopped")
     return exit_code

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +20,7 @@ from daemon import metrics
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
 from daemon.errors import InferenceError
 from daemon.routing import route
+from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
 from dicom_io.codes import TriageModality
 from model_runtime.classifier import Classifier
@@ -83,20 +83,18 @@ class TriagePipeline(Worker):
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        classifiers: Mapping[TriageModality, Classifier],
+        runtime: CurrentRuntime,
         work: queue.Queue[int],
         stop: threading.Event,
         idle_seconds: float = 0.5,
-        oct_all_frames: bool = False,
         decoder: IsolatedDecoder | None = None,
     ) -> None:
         super().__init__("triage-pipeline", stop, idle_seconds=0.05, stuck_seconds=300.0)
         self.decoder = decoder if decoder is not None else IsolatedDecoder()
         self.sessions = sessions
-        self.classifiers = classifiers
+        self.runtime = runtime
         self.work = work
         self.queue_wait = idle_seconds
-        self.oct_all_frames = oct_all_frames
 
     def tick(self) -> bool:
         try:
@@ -187,13 +185,14 @@ class TriagePipeline(Worker):
             )
             logger.info("Instance %d skipped: no model applies", leased.id)
             return
-        classifier = self.classifiers.get(target)
+        runtime = self.runtime.current()  # one snapshot for the whole image
+        classifier = runtime.classifiers.get(target)
         if classifier is None:
             self._finish(leased, InstanceState.SKIPPED, f"No {target.value} model is loaded.")
             logger.warning("Instance %d skipped: no %s model loaded", leased.id, target.value)
             return
         try:
-            all_frames = self.oct_all_frames and target == TriageModality.OCT
+            all_frames = runtime.settings.study.oct_frames == "all" and target == TriageModality.OCT
             with metrics.INFERENCE_SECONDS.time():
                 result = classify_file(Path(leased.path), classifier, all_frames, self.decoder)
         except InferenceError as exc:

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
-from daemon.config import Settings
+from daemon.runtime import CurrentRuntime
 from daemon.worker import Backoff, Worker
 from dicom_io.codes import Referral, TriageModality
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
@@ -108,18 +108,19 @@ class ReportBuilder(Worker):
 
     def __init__(
         self,
-        settings: Settings,
+        runtime: CurrentRuntime,
         sessions: sessionmaker[Session],
         stop: threading.Event,
         idle_seconds: float = 0.5,
     ) -> None:
         super().__init__("report-builder", stop, idle_seconds=idle_seconds, stuck_seconds=300.0)
-        self.settings = settings
+        self.runtime = runtime
         self.sessions = sessions
 
     def tick(self) -> bool:
+        stable = self.runtime.current().settings.study.stable_seconds
         with self.sessions() as session:
-            ready = queries.studies_ready_to_report(session, self.settings.study.stable_seconds)
+            ready = queries.studies_ready_to_report(session, stable)
         for study_id in ready:
             if self.stop.is_set():
                 break
@@ -131,7 +132,8 @@ class ReportBuilder(Worker):
         return bool(ready)
 
     def report(self, study_id: int) -> None:
-        stable = self.settings.study.stable_seconds
+        settings = self.runtime.current().settings
+        stable = settings.study.stable_seconds
         with self.sessions() as session:
             # The revision is read before the instances: an image stored after
             # this read changes it, and the commit below then refuses.
@@ -156,7 +158,7 @@ class ReportBuilder(Worker):
                 series_instance_uid=built.series_instance_uid,
                 sop_class_uid=built.sop_class_uid,
                 content=built.content,
-                destinations=[(d.ae_title, d.host, d.port) for d in self.settings.destinations],
+                destinations=[(d.ae_title, d.host, d.port) for d in settings.destinations],
                 supersedes=built.supersedes,
             )
             label = study.result.label if study.result else "?"
@@ -168,7 +170,7 @@ class ReportBuilder(Worker):
             label,
             referral,
             "a new report superseding the earlier one" if built.supersedes else "report",
-            len(self.settings.destinations),
+            len(settings.destinations),
         )
 
     def failed(self, study_id: int, error: Exception) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import queue
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,25 +100,12 @@ def _store(event: Any, context: IngestContext) -> int:
 
 
 def received(event: Any) -> Received:
-    """The received dataset with its file meta: with ``receive_to_files`` on,
+    """The received dataset with its file meta: with ``lifecycle.receive_to_files`` on,
     the file pynetdicom wrote as it arrived (read in chunks, never whole);
     otherwise pynetdicom's copy in memory."""
     if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
         return Path(event.dataset_path)
     return bytes(event.encoded_dataset(include_meta=True))
-
-
-def receive_to_files(incoming: Path) -> None:
-    """Have pynetdicom write each received dataset to a file in ``incoming``
-    as it arrives instead of holding it in memory: an OCT volume can be
-    hundreds of megabytes, and several scanners send at once.
-
-    pynetdicom makes the file with ``tempfile`` and deletes it after the
-    handler returns, so the daemon's temporary folder is the spool's own.
-    """
-    incoming.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(incoming)
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def _store_content(event: Any, context: IngestContext, content: Received, calling: str) -> int:

@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,22 @@ class Spool:
     def discard(self, stored: StoredFile) -> None:
         """Remove a file whose database row could not be written."""
         stored.path.unlink(missing_ok=True)
+
+
+def remove_retired_files(spool_root: Path, names: Iterable[str]) -> int:
+    """Delete the files of retired instances; how many were deleted.
+
+    Only ever inside ``spool_root``: a path in the database that points
+    elsewhere (a moved spool, a hand-edited row) is left alone.
+    """
+    root = Path(spool_root).resolve()
+    removed = 0
+    for name in names:
+        path = Path(name).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _safe_name(name: str) -> str:

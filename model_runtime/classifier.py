@@ -44,15 +44,13 @@ def create_session(model_path: Path, device: str) -> tuple[ort.InferenceSession,
             'models.device is "cuda" but this onnxruntime build has no CUDA provider.'
         )
     providers = [CUDA, CPU] if wants_cuda else [CPU]
-    # ONNX Runtime prints its own multi-line error when CUDA libraries are
-    # missing; silence it while probing and say it once ourselves, below.
-    ort.set_default_logger_severity(4)
+    # A CUDA provider that does not load is said once, below, in our words;
+    # the entry point keeps ONNX Runtime's own multi-line message out
+    # (daemon.cli.process.quiet_onnxruntime), never this library code.
     try:
         session = ort.InferenceSession(str(model_path), options, providers=providers)
     except Exception as exc:
         raise InferenceError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
-    finally:
-        ort.set_default_logger_severity(3)
     active = session.get_providers()[0]
     if wants_cuda and active != CUDA:
         if device == "cuda":

@@ -92,7 +92,9 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
     """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
     import queue
 
+    from daemon.config import Settings
     from daemon.pipeline import MAX_ATTEMPTS, TriagePipeline
+    from daemon.runtime import CurrentRuntime, Runtime
     from dicom_io.codes import TriageModality
     from model_runtime.classifier import Classifier
     from storage import queries
@@ -122,7 +124,9 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
     decoder = CrashingDecoder(poisoned.images[0].path)
     pipeline = TriagePipeline(
         sessions,
-        {TriageModality.OCT: Classifier(model_dirs["oct"], "cpu")},
+        CurrentRuntime(
+            Runtime(Settings(), {TriageModality.OCT: Classifier(model_dirs["oct"], "cpu")})
+        ),
         queue.Queue(),
         threading.Event(),
         decoder=decoder,

@@ -18,6 +18,7 @@ from daemon.config import Destination, Settings, StudySettings
 from daemon.delivery import BREAKER_FAILURES, CircuitBreaker, DeliveryWorker
 from daemon.errors import DeliveryError
 from daemon.reporting import ReportBuilder
+from daemon.runtime import CurrentRuntime, Runtime
 from daemon.worker import Backoff
 from storage.models import Delivery, DeliveryState
 from tests.records import store_triaged
@@ -43,7 +44,7 @@ def _reports(
     settings = dataclasses.replace(
         Settings(), study=StudySettings(stable_seconds=0), destinations=(Destination(*PACS),)
     )
-    builder = ReportBuilder(settings, sessions, threading.Event())
+    builder = ReportBuilder(CurrentRuntime(Runtime(settings, {})), sessions, threading.Event())
     for study in plan_studies(phantoms, tmp_path / "s", studies=count, images_per_study=1):
         builder.report(store_triaged(sessions, study.images[0].path))
 
@@ -58,10 +59,8 @@ def test_an_open_breaker_spares_the_rows_retries(
         calls.append(ae_title)
         raise DeliveryError(f"Association with {ae_title}@{host}:{port} was not established.")
 
-    settings = Settings().delivery  # 5x1m,...: every failed row waits a minute
-    worker = DeliveryWorker(
-        PACS, sqlite_sessions, settings, "TRIAGE", threading.Event(), unreachable
-    )
+    runtime = CurrentRuntime(Runtime(Settings(), {}))  # 5x1m,...: a failed row waits 1 min
+    worker = DeliveryWorker(PACS, sqlite_sessions, runtime, threading.Event(), unreachable)
     worker.tick()
     # Three rows tried and failed; the breaker then opened before the other two.
     assert len(calls) == BREAKER_FAILURES
@@ -90,9 +89,8 @@ def test_a_delivery_is_recorded_after_the_send(
         if fails:
             raise DeliveryError("PACS answered status 0xA700.")
 
-    worker = DeliveryWorker(
-        PACS, sqlite_sessions, Settings().delivery, "TRIAGE", threading.Event(), pacs
-    )
+    runtime = CurrentRuntime(Runtime(Settings(), {}))
+    worker = DeliveryWorker(PACS, sqlite_sessions, runtime, threading.Event(), pacs)
     worker.tick()
     with sqlite_sessions() as session:
         (row,) = session.scalars(select(Delivery))

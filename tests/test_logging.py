@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from daemon.cli import _configure_logging
+from daemon.cli.process import configure_logging
 
 # Not a valid UID: pydicom warns, quoting it (and UIDs identify a patient's study).
 STUDY_UID = "1.2.826.999.PATIENT"
@@ -40,7 +40,7 @@ def test_pydicom_warnings_quote_values_only_when_debugging(
     invalid_file: Path, level: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stream = io.StringIO()
-    _configure_logging(level, stream=stream)
+    configure_logging(level, stream=stream)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # not once per process: each case warns

@@ -19,8 +19,8 @@ from tests.peers import TriageDaemon
 pytestmark = pytest.mark.network
 
 
-def _config(path: Path, oct_model: Path, cxr_model: Path) -> None:
-    path.write_text(f'[models]\noct = "{oct_model}"\ncxr = "{cxr_model}"\n')
+def _config(path: Path, oct_model: Path, cxr_model: Path, extra: str = "") -> None:
+    path.write_text(f'[models]\noct = "{oct_model}"\ncxr = "{cxr_model}"\n{extra}')
 
 
 def _version_of(daemon: TriageDaemon, sop_instance_uid: str) -> str:
@@ -77,9 +77,11 @@ def test_sighup_swaps_models_and_rejects_a_broken_one(
         ae.add_requested_context("1.2.840.10008.1.1")
         assoc = ae.associate("127.0.0.1", daemon.port, ae_title="TRIAGE")
         assert assoc.is_established
-        _config(config, second, model_dirs["cxr"])
+        # A restart-only key is kept as it runs, and named.
+        _config(config, second, model_dirs["cxr"], "[dicom]\nmax_associations = 2\n")
         daemon.process.send_signal(signal.SIGHUP)
         _wait_for_log(daemon, "Reloaded:")
+        assert "kept as they were until a restart: dicom.max_associations" in daemon.log
         assert assoc.send_c_echo().Status == 0
         assoc.release()
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Destination, Settings, StudySettings
 from daemon.reporting import MAX_REPORT_ATTEMPTS, ReportBuilder
+from daemon.runtime import CurrentRuntime, Runtime
 from storage import queries
 from storage.models import Report, Study, StudyState
 from tests.peers import run_tool
@@ -29,7 +30,7 @@ from tests.traffic import plan_studies
 
 def _builder(sessions: sessionmaker[Session]) -> ReportBuilder:
     settings = dataclasses.replace(Settings(), study=StudySettings(stable_seconds=0))
-    return ReportBuilder(settings, sessions, threading.Event())
+    return ReportBuilder(CurrentRuntime(Runtime(settings, {})), sessions, threading.Event())
 
 
 def _referenced(content: bytes) -> set[str]:
@@ -149,7 +150,8 @@ def test_purge_keeps_a_study_whose_report_was_not_delivered(
         study=StudySettings(stable_seconds=0),
         destinations=(Destination("PACS", "127.0.0.1", 104),),
     )
-    builder = ReportBuilder(settings, sqlite_sessions, threading.Event())
+    runtime = CurrentRuntime(Runtime(settings, {}))
+    builder = ReportBuilder(runtime, sqlite_sessions, threading.Event())
     for study_id in ids:
         builder.report(study_id)
     with sqlite_sessions() as session, session.begin():

@@ -155,27 +155,27 @@ def test_json_logs(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
 def test_a_stuck_worker_stops_the_watchdog() -> None:
     import threading
 
-    from daemon import lifecycle
+    from daemon.supervisor import Supervisor, workers_healthy
     from daemon.worker import Worker
 
     class Idle(Worker):
         def tick(self) -> bool:
             return False
 
-    stop = threading.Event()
-    fresh = Idle("fresh", stop)
-    stale = Idle("stale", stop, idle_seconds=3600, stuck_seconds=60)  # one round, then waits
-    for worker in (fresh, stale):
-        worker.start()
+    supervisor = Supervisor(threading.Event())
+    fresh = Idle("fresh", supervisor.stop)
+    stale = Idle("stale", supervisor.stop, idle_seconds=3600, stuck_seconds=60)
+    supervisor.start(fresh, stale)  # stale: one round, then it waits an hour
     try:
-        assert lifecycle.workers_healthy([fresh, stale])
-        stop.wait(0.2)  # its first round is over; it now waits an hour
+        assert supervisor.healthy()
+        supervisor.stop.wait(0.2)  # its first round is over
         stale.heartbeat -= 10_000  # as if that round had lasted hours
-        assert not lifecycle.workers_healthy([fresh, stale])
-        dead = Idle("never started", stop)
-        assert not lifecycle.workers_healthy([fresh, dead])
+        assert not supervisor.healthy()
+        dead = Idle("never started", supervisor.stop)
+        assert not workers_healthy([fresh, dead])
     finally:
-        stop.set()
+        assert supervisor.drain(5.0) == []
+    assert not fresh.is_alive() and not stale.is_alive()
 
 
 def test_status_file_in_a_missing_state_directory(tmp_path: Path) -> None:

@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-# TensorFlow reads this when it is first imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
+import numpy as np
 
 from dicom_io.codes import PAPER_REFERRALS, TriageModality
 from model_runtime.package import InputSpec, Manifest, write_manifest

@@ -1,0 +1,81 @@
+"""``triage phantoms``, ``train``, ``evaluate`` and ``demo``: making and checking models.
+
+The training stack is imported only inside these commands (the ``train``
+extra); the daemon itself never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from daemon.cli.process import configure_logging, quiet_onnxruntime, quiet_tensorflow
+from daemon.errors import TriageError
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from dicom_io.phantom_files import write_dicom_studies, write_jpeg_dataset
+
+    configure_logging("INFO")
+    writer = write_jpeg_dataset if args.format == "jpeg" else write_dicom_studies
+    root = writer(args.modality, Path(args.out), args.count, seed=args.seed)
+    print(root)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    try:
+        from trainer.train import TrainOptions, train
+    except ImportError as exc:
+        raise TriageError(
+            f"Training needs the train extra (pip install 'dicom-triage[train]'): {exc}"
+        ) from exc
+    configure_logging("INFO")
+    options = TrainOptions(
+        modality=args.modality,
+        data=Path(args.data),
+        out=Path(args.out),
+        task=args.task,
+        backbone=args.backbone,
+        base_weights=args.base_weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        holdout_fraction=args.holdout_fraction,
+        limit_per_class=args.limit_per_class,
+        seed=args.seed,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    )
+    print(train(options).package)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    try:
+        from trainer.evaluate import evaluate_package
+    except ImportError as exc:
+        raise TriageError(f"Evaluation needs the train extra: {exc}") from exc
+    configure_logging("INFO")
+    quiet_onnxruntime()
+    metrics = evaluate_package(
+        Path(args.model),
+        Path(args.data),
+        split=args.split,
+        out_dir=Path(args.out) if args.out else None,
+    )
+    summary = {
+        k: metrics[k]["value"] for k in ("accuracy", "sensitivity", "specificity", "weighted_error")
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    from daemon.demo import run_demo
+
+    configure_logging("INFO")
+    return run_demo(Path(args.state_dir), count=args.count, config=args.config)

@@ -1,0 +1,126 @@
+"""``triage worklist``, ``outbox`` and ``purge``: the clinical records the daemon keeps."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+
+from daemon.cli.context import migrated_sessions, settings_from
+from daemon.cli.process import configure_logging
+from daemon.spool import remove_retired_files
+
+
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from storage.queries import urgent_worklist
+
+    settings = settings_from(args)
+    configure_logging("WARNING")
+    with migrated_sessions(settings)() as session:
+        entries = urgent_worklist(session)
+    if args.json:
+        rows = [dataclasses.asdict(e) | {"decided_at": e.decided_at.isoformat()} for e in entries]
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = (
+        "Priority",
+        "Patient ID",
+        "Patient name",
+        "Accession",
+        "Modality",
+        "Finding",
+        "p",
+        "Decided (UTC)",
+        "SR sent",
+    )
+    table = [
+        (
+            "STAT",
+            e.patient_id,
+            e.patient_name,
+            e.accession_number,
+            e.modality,
+            e.finding,
+            f"{e.probability:.2f}",
+            e.decided_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "yes" if e.report_sent else "no",
+        )
+        for e in entries
+    ]
+    widths = [max(len(str(row[i])) for row in [columns, *table]) for i in range(len(columns))]
+    for row in [columns, *table]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"{len(entries)} urgent referral(s)")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from daemon.config import parse_duration
+    from storage.models import DeliveryState
+    from storage.queries import outbox, purge_deliveries, retry_deliveries
+
+    settings = settings_from(args)
+    configure_logging("WARNING")
+    with migrated_sessions(settings)() as session, session.begin():
+        if args.action == "list":
+            state = DeliveryState(args.state) if args.state else None
+            rows = outbox(session, state)
+            if args.json:
+                print(
+                    json.dumps(
+                        [
+                            dataclasses.asdict(r)
+                            | {"next_attempt_at": r.next_attempt_at.isoformat()}
+                            for r in rows
+                        ],
+                        indent=2,
+                    )
+                )
+            else:
+                for r in rows:
+                    print(
+                        f"{r.delivery_id:>6}  {r.state:<9}  attempts={r.attempts:<3} "
+                        f"{r.destination:<32} next={r.next_attempt_at:%Y-%m-%d %H:%M:%S}  "
+                        f"{r.last_error[:60]}"
+                    )
+                print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+        elif args.action == "retry":
+            count = retry_deliveries(session, args.ids or None)
+            print(f"{count} deliver{'y' if count == 1 else 'ies'} queued again")
+        else:
+            count = purge_deliveries(
+                session,
+                DeliveryState(args.state or "delivered"),
+                dt.timedelta(seconds=parse_duration(args.older_than)),
+            )
+            print(f"{count} deliver{'y' if count == 1 else 'ies'} purged")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from daemon.config import parse_duration
+    from storage.queries import purge_studies
+
+    settings = settings_from(args)
+    configure_logging("WARNING")
+    with migrated_sessions(settings)() as session, session.begin():
+        purge = purge_studies(
+            session,
+            dt.timedelta(seconds=parse_duration(args.older_than)),
+            settings.retention.keep_results,
+        )
+    studies = purge.retired
+    removed = remove_retired_files(settings.spool_dir, purge.files)
+    kept = "kept" if settings.retention.keep_results else "deleted"
+    print(
+        f"{studies} stud{'y' if studies == 1 else 'ies'} retired, {removed} file(s) removed, "
+        f"results {kept}"
+    )
+    if purge.skipped_undelivered or purge.skipped_unreported:
+        print(
+            f"kept {purge.skipped_undelivered} old stud(ies) whose report is not delivered "
+            "(pending or dead-lettered: see `triage outbox list`) and "
+            f"{purge.skipped_unreported} still receiving or with a parked report"
+        )
+    return 0
