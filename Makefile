@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/triage demo
 
 lint: install-dev
-	$(BIN)/ruff check daemon dicom_io domain model_runtime storage trainer tests bench
-	$(BIN)/ruff format --check daemon dicom_io domain model_runtime storage trainer tests bench
+	$(BIN)/ruff check daemon dicom_io domain model_runtime phantoms storage trainer tests bench
+	$(BIN)/ruff format --check daemon dicom_io domain model_runtime phantoms storage trainer tests bench
 	$(BIN)/mypy
 
 # The whole suite on SQLite, then every test that touches a database (the

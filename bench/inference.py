@@ -25,11 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from inception_model import SIZE, bound_predict, plain_predict, random_inception_v3
 
-from daemon.demo import ensure_models
 from daemon.pipeline import classify_file
-from dicom_io.phantom_files import write_dicom_studies
 from model_runtime.classifier import Classifier
 from model_runtime.occlusion import Predict
+from phantoms.demo import ensure_models
+from phantoms.files import write_dicom_studies
 
 BATCH_SIZES = (1, 8, 32, 64)
 

@@ -30,8 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from inception_model import SIZE, bound_predict, plain_predict, random_inception_v3
 
-from daemon.demo import ensure_models
-from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
 from model_runtime.classifier import CUDA, Classifier
 from model_runtime.occlusion import (
@@ -43,6 +41,8 @@ from model_runtime.occlusion import (
     peak,
     peak_in_lesion,
 )
+from phantoms.demo import ensure_models
+from phantoms.files import write_dicom_studies
 
 LESION_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}
 MODES = (("grid", 20), ("grid", 10), ("grid", 4), ("grid", 1), ("fast", 1))

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from daemon.demo import ensure_models
+from phantoms.demo import ensure_models
 from tests import peers
 from tests.peers import Orthanc, SilentPeer, TriageDaemon
 from tests.traffic import (

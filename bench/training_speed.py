@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from dicom_io.phantom_files import write_jpeg_dataset
+from phantoms.files import write_jpeg_dataset
 from trainer.backbones import BACKBONES, build_base
 from trainer.bottlenecks import load_batch
 from trainer.head import train_head

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import ConfigError
+from domain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.errors import InferenceError
 from dicom_io.pixels import DecodedImage, decode_all_frames, decode_instance
+from domain.errors import InferenceError
 
 logger = logging.getLogger(__name__)
 

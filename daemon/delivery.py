@@ -21,7 +21,6 @@ Instance UID (a PACS keeps one copy).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -34,13 +33,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.config import DeliverySettings
-from daemon.errors import DeliveryError
 from daemon.runtime import CurrentRuntime
 from daemon.status import Status
 from daemon.worker import Backoff, Worker
 from dicom_io.network import set_nodelay
+from domain.errors import DeliveryError
 from storage import queries
-from storage.models import Delivery, DeliveryState
+from storage.models import Delivery
 
 # pynetdicom waits forever by default; a silent peer must not.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -91,20 +90,16 @@ def _kind(delivery: Delivery) -> str:
 def record_outcome(
     session: Session, delivery: Delivery, error: Exception | None, settings: DeliverySettings
 ) -> None:
-    """Record one attempt's outcome (its attempt was counted when it was leased)."""
-    delivery.lease_until = None
+    """Record one attempt's outcome in the outbox, and log and count it."""
+    retry_in = queries.record_delivery_outcome(
+        session, delivery, None if error is None else str(error), settings.delays
+    )
     if error is None:
         metrics.OBJECTS_SENT.labels(_kind(delivery)).inc()
-        delivery.state = DeliveryState.DELIVERED
-        delivery.delivered_at = queries.database_now(session)
-        delivery.last_error = ""
         logger.info("%s delivered to %s", delivery.object_name, delivery.ae_title)
         return
     metrics.OBJECTS_FAILED.labels(_kind(delivery)).inc()
-    delivery.last_error = str(error)[:2000]
-    delays = settings.delays
-    if delivery.attempts > len(delays):
-        delivery.state = DeliveryState.FAILED
+    if retry_in is None:
         logger.error(
             "%s could not be delivered to %s after %d attempts: %s",
             delivery.object_name,
@@ -113,14 +108,12 @@ def record_outcome(
             error,
         )
         return
-    delay = delays[delivery.attempts - 1]
-    delivery.next_attempt_at = queries.database_now(session) + dt.timedelta(seconds=delay)
     logger.warning(
         "%s to %s failed (attempt %d), retrying in %.0f s: %s",
         delivery.object_name,
         delivery.ae_title,
         delivery.attempts,
-        delay,
+        retry_in,
         error,
     )
 

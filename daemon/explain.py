@@ -31,8 +31,8 @@ from daemon.config import Settings
 from daemon.decoding import IsolatedDecoder, decode
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
-from dicom_io.codes import TriageModality
 from dicom_io.sc import build_heatmap_sc, render_overlay
+from domain.triage import TriageModality
 from model_runtime.classifier import Classifier
 from model_runtime.occlusion import OcclusionMap, occlusion_map, to_source_geometry
 from storage import queries

@@ -37,7 +37,6 @@ from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import Settings
 from daemon.delivery import Deliverer
-from daemon.errors import DatabaseUnavailable, StorageError, TriageError
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.pipeline import TriagePipeline
@@ -48,6 +47,7 @@ from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
 from daemon.supervisor import Supervisor
 from daemon.worklist import handle_find
+from domain.errors import DatabaseUnavailable, StorageError, TriageError
 from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
 

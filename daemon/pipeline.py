@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
-from daemon.errors import InferenceError
 from daemon.routing import route
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
-from dicom_io.codes import TriageModality
+from domain.errors import InferenceError
+from domain.triage import Classification, TriageModality
 from model_runtime.classifier import Classifier
 from storage import queries
 from storage.models import InstanceState
@@ -43,7 +43,7 @@ def classify_file(
     classifier: Classifier,
     all_frames: bool = False,
     decoder: IsolatedDecoder | None = None,
-) -> queries.Classification:
+) -> Classification:
     """Decode the file's image and classify it.
 
     With ``all_frames`` every frame of a multi-frame image is classified and

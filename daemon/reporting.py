@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import __version__, metrics
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Backoff, Worker
-from dicom_io.codes import Referral, TriageModality
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
+from domain.triage import Referral, TriageModality
 from storage import queries
 from storage.models import Study, StudyState
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dicom_io.codes import TriageModality
+from domain.triage import TriageModality
 
 OCT_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.5.4"  # Ophthalmic Tomography Image
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

@@ -33,12 +33,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
-from daemon.errors import IngestError
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Received, Spool, StoredFile, received_sha256
 from daemon.status import Status
 from daemon.validate import coercion_warnings, parse_header
 from dicom_io.network import set_nodelay
+from domain.errors import IngestError
 from storage import queries
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from daemon.errors import IngestError
 from daemon.spool import Received, received_chunks, received_head, received_size
 from daemon.status import Status
+from domain.errors import IngestError
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -1,1 +1,1 @@
-"""DICOM in and out: pixel decoding, frame selection, SR and SC builders, phantoms."""
+"""DICOM in and out: pixel decoding, frame selection, SR and SC builders, codes."""

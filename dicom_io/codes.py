@@ -24,18 +24,7 @@ from __future__ import annotations
 
 from pydicom.sr.coding import Code
 
-# The domain types live in ``domain.triage``; these names stay for callers.
-from domain.triage import PAPER_REFERRALS, Referral, TriageModality
-
-__all__ = [
-    "FINDING_CODES",
-    "PAPER_REFERRALS",
-    "PRIVATE_SCHEME",
-    "PROCEDURE_CODES",
-    "REFERRAL_CODES",
-    "Referral",
-    "TriageModality",
-]
+from domain.triage import Referral, TriageModality
 
 PRIVATE_SCHEME = "99DCMTRIAGE"
 

@@ -24,10 +24,9 @@ from dicom_io.codes import (
     PRIVATE_SCHEME,
     PROCEDURE_CODES,
     REFERRAL_CODES,
-    Referral,
-    TriageModality,
 )
 from dicom_io.source import with_type2_attributes
+from domain.triage import Referral, TriageModality
 
 REPORT_SERIES_DESCRIPTION = "AI triage report"
 REPORT_SERIES_NUMBER = 9901

@@ -12,7 +12,7 @@ import pydicom.config
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from storage.database import create_database_engine, make_session_factory, upgrade
 from tests import peers
 from tests.peers import Orthanc
@@ -25,7 +25,15 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
 pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 
 
+# Fixtures whose models the trainer makes from phantoms: minutes on a clean
+# clone (then cached), so the tests that use them are marked "trained".
+TRAINED_FIXTURES = {"model_dirs", "phantom_training_data"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.trained)
     if os.environ.get("TRIAGE_IN_NETNS") == "1":
         return
     skip = pytest.mark.skip(
@@ -45,8 +53,8 @@ def _source_digest() -> str:
         "trainer/export.py",
         "trainer/backbones.py",
         "trainer/head.py",
-        "dicom_io/phantoms.py",
-        "dicom_io/phantom_files.py",
+        "phantoms/images.py",
+        "phantoms/files.py",
         "model_runtime/preprocess.py",
         "model_runtime/package.py",
     ):
@@ -56,7 +64,7 @@ def _source_digest() -> str:
 
 @pytest.fixture(scope="session")
 def phantom_training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dicom_io.phantom_files import write_jpeg_dataset
+    from phantoms.files import write_jpeg_dataset
 
     root = tmp_path_factory.mktemp("training")
     write_jpeg_dataset("oct", root, 150, seed=7)
@@ -65,20 +73,23 @@ def phantom_training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_dirs(phantom_training_data: Path) -> dict[str, Path]:
-    """OCT and CXR model packages trained on phantoms (cached between runs)."""
-    from trainer.train import TrainOptions, train
+def model_dirs(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """OCT and CXR model packages trained on phantoms (cached between runs).
 
+    The training images are written only when a model must be trained.
+    """
     cache = CACHE / _source_digest()
     packages = {}
     for modality in ("oct", "cxr"):
         target = cache / modality
         if not (target / "manifest.json").is_file():
+            from trainer.train import TrainOptions, train
+
             shutil.rmtree(target, ignore_errors=True)
             train(
                 TrainOptions(
                     modality=modality,
-                    data=phantom_training_data,
+                    data=request.getfixturevalue("phantom_training_data"),
                     out=target,
                     backbone="small_cnn",
                     base_weights="none",
@@ -126,6 +137,16 @@ def sqlite_sessions(tmp_path: Path) -> sessionmaker[Session]:
     engine = create_database_engine(f"sqlite:///{tmp_path / 'reports.sqlite3'}")
     upgrade(engine)
     return make_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Hand-built ONNX packages (milliseconds): for tests that need a model, not a trained one."""
+    from domain.triage import TriageModality
+    from tests.tiny_models import write_tiny_package
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {m.value: write_tiny_package(root / m.value, m) for m in TriageModality}
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_io.codes import Referral
+from domain.triage import Classification, Referral
 from storage import queries
+from storage.models import Instance
 
 
-def classification() -> queries.Classification:
-    return queries.Classification(
+def classification() -> Classification:
+    return Classification(
         modality="oct",
         label="CNV",
         referral=Referral.URGENT,
@@ -26,11 +27,11 @@ def classification() -> queries.Classification:
     )
 
 
-def store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
-    """Record one image and its result, as the C-STORE handler and the pipeline do."""
+def store_received(sessions: sessionmaker[Session], path: Path) -> int:
+    """Record one image as the C-STORE handler does; its instance id."""
     header = dcmread(path, stop_before_pixels=True)
     with sessions() as session, session.begin():
-        instance = queries.record_instance(
+        return queries.record_instance(
             session,
             header,
             transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
@@ -38,6 +39,13 @@ def store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
             size_bytes=path.stat().st_size,
             sha256="0" * 64,
             calling_ae_title="SCANNER",
-        )
+        ).id
+
+
+def store_triaged(sessions: sessionmaker[Session], path: Path) -> int:
+    """Record one image and its result, as the C-STORE handler and the pipeline do; its study id."""
+    instance_id = store_received(sessions, path)
+    with sessions() as session, session.begin():
+        instance = session.get_one(Instance, instance_id)
         queries.record_result(session, instance, classification())
         return instance.study_fk

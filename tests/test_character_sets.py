@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon, run_tool
 
 pytestmark = pytest.mark.network

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydicom.sr._concepts_dict import concepts
 from pydicom.sr.codedict import codes
 
-from dicom_io.codes import FINDING_CODES, PRIVATE_SCHEME, PROCEDURE_CODES, REFERRAL_CODES, Referral
+from dicom_io.codes import FINDING_CODES, PRIVATE_SCHEME, PROCEDURE_CODES, REFERRAL_CODES
+from domain.triage import Referral
 
 IN_PS3_16 = {("SCT", "17621005"), ("SCT", "103391001"), ("SCT", "413815006")}
 

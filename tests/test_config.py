@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings, load_settings
-from daemon.errors import ConfigError
+from domain.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "triage.example.toml"
 

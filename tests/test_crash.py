@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon, dcmtk_env
 from tests.traffic import acknowledged_files
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import TriageError
-from dicom_io.phantom_files import write_jpeg_dataset
+from domain.errors import TriageError
+from phantoms.files import write_jpeg_dataset
 from trainer.datasets import discover, limit_per_class, parse_name, split_by_patient
 
 

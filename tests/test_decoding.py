@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import dcmread
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.decoding import DecoderCrashed, IsolatedDecoder
-from daemon.errors import InferenceError
-from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
+from domain.errors import InferenceError
+from phantoms.files import write_dicom_studies
 from storage.models import Instance, InstanceState
 
 
@@ -87,7 +86,7 @@ class CrashingDecoder(IsolatedDecoder):
 
 
 def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
-    tmp_path: Path, model_dirs: dict[str, Path]
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
     """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
     import queue
@@ -95,37 +94,20 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
     from daemon.config import Settings
     from daemon.pipeline import MAX_ATTEMPTS, TriagePipeline
     from daemon.runtime import CurrentRuntime, Runtime
-    from dicom_io.codes import TriageModality
+    from domain.triage import TriageModality
     from model_runtime.classifier import Classifier
-    from storage import queries
-    from storage.database import create_database_engine, make_session_factory, upgrade
+    from tests.records import store_received
     from tests.traffic import plan_studies
 
     pool = sorted(write_dicom_studies("oct", tmp_path / "pool", 1, seed=502).rglob("*.dcm"))
     poisoned, healthy = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'p.sqlite3'}")
-    upgrade(engine)
-    sessions: sessionmaker[Session] = make_session_factory(engine)
-    ids = []
-    for study in (poisoned, healthy):
-        path = study.images[0].path
-        with sessions() as session, session.begin():
-            ids.append(
-                queries.record_instance(
-                    session,
-                    dcmread(path, stop_before_pixels=True),
-                    transfer_syntax_uid="1.2.840.10008.1.2.1",
-                    path=str(path),
-                    size_bytes=path.stat().st_size,
-                    sha256="0" * 64,
-                    calling_ae_title="SCANNER",
-                ).id
-            )
+    sessions = sqlite_sessions
+    ids = [store_received(sessions, study.images[0].path) for study in (poisoned, healthy)]
     decoder = CrashingDecoder(poisoned.images[0].path)
     pipeline = TriagePipeline(
         sessions,
         CurrentRuntime(
-            Runtime(Settings(), {TriageModality.OCT: Classifier(model_dirs["oct"], "cpu")})
+            Runtime(Settings(), {TriageModality.OCT: Classifier(tiny_model_dirs["oct"], "cpu")})
         ),
         queue.Queue(),
         threading.Event(),

@@ -15,11 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Destination, Settings, StudySettings
-from daemon.delivery import BREAKER_FAILURES, CircuitBreaker, DeliveryWorker
-from daemon.errors import DeliveryError
+from daemon.delivery import BREAKER_FAILURES, CircuitBreaker, Deliverer, DeliveryWorker
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime
+from daemon.supervisor import Supervisor
 from daemon.worker import Backoff
+from domain.errors import DeliveryError
 from storage.models import Delivery, DeliveryState
 from tests.records import store_triaged
 from tests.traffic import plan_studies
@@ -97,3 +98,25 @@ def test_a_delivery_is_recorded_after_the_send(
     assert len(sent) == 1 and sent[0][128:132] == b"DICM"
     assert row.state == (DeliveryState.PENDING if fails else DeliveryState.DELIVERED)
     assert row.lease_until is None
+
+
+def test_the_supervisor_owns_the_delivery_workers_it_did_not_start_itself(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    _reports(tmp_path, oct_phantoms, sqlite_sessions, count=2)
+    sent = threading.Event()
+
+    def pacs(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+        sent.set()
+
+    supervisor = Supervisor(threading.Event())
+    runtime = CurrentRuntime(Runtime(Settings(), {}))
+    supervisor.start(Deliverer(sqlite_sessions, runtime, supervisor.stop, supervisor.start, pacs))
+    try:
+        assert sent.wait(30)
+        names = [worker.name for worker in supervisor.workers()]
+        assert names == ["delivery-dispatcher", "delivery-PACS@127.0.0.1:104"]
+        assert supervisor.healthy()
+    finally:
+        assert supervisor.drain(10) == []
+    assert not any(worker.is_alive() for worker in supervisor.workers())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon
 
 pytestmark = pytest.mark.network

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_io.codes import FINDING_CODES, PAPER_REFERRALS, REFERRAL_CODES, Referral
-from dicom_io.phantom_files import write_dicom_studies
+from dicom_io.codes import FINDING_CODES, REFERRAL_CODES
+from domain.triage import PAPER_REFERRALS, Referral
+from phantoms.files import write_dicom_studies
 from tests.peers import Orthanc, TriageDaemon
 
 pytestmark = pytest.mark.network

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
-from daemon.errors import IngestError
 from daemon.validate import dataset_offset, parse_header
-from dicom_io.phantom_files import write_dicom_studies
+from domain.errors import IngestError
+from phantoms.files import write_dicom_studies
 
 ROOT = Path(__file__).resolve().parent
 

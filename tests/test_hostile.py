@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 
 from daemon.validate import dataset_offset
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon, run_tool
 
 pytestmark = pytest.mark.network

@@ -13,11 +13,11 @@ import pytest
 
 from daemon.pipeline import classify_file
 from daemon.routing import route
-from dicom_io.codes import TriageModality
-from dicom_io.phantom_files import write_dicom_studies
 from domain.errors import InferenceError
+from domain.triage import TriageModality
 from model_runtime import classifier as runtime
 from model_runtime.classifier import Classifier
+from phantoms.files import write_dicom_studies
 
 
 @pytest.mark.parametrize("modality", ["oct", "cxr"])
@@ -37,12 +37,12 @@ def test_phantom_studies_are_classified_correctly(
 
 
 def test_provider_in_use_is_reported_once(
-    model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+    tiny_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     runtime._fallback_reported.clear()
     with caplog.at_level(logging.WARNING, logger="model_runtime.classifier"):
-        first = Classifier(model_dirs["oct"])
-        second = Classifier(model_dirs["cxr"])
+        first = Classifier(tiny_model_dirs["oct"])
+        second = Classifier(tiny_model_dirs["cxr"])
     fallbacks = [r for r in caplog.records if "CUDA execution provider could not" in r.message]
     if (
         "CUDAExecutionProvider" in ort.get_available_providers()
@@ -52,14 +52,14 @@ def test_provider_in_use_is_reported_once(
     else:
         assert fallbacks == []
     assert first.provider == second.provider
-    assert Classifier(model_dirs["oct"], device="cpu").provider == "CPUExecutionProvider"
+    assert Classifier(tiny_model_dirs["oct"], device="cpu").provider == "CPUExecutionProvider"
     if first.provider == "CPUExecutionProvider":
         # Asked for CUDA where it cannot run: refused with a reason, never a
         # silent CPU fallback.
         with pytest.raises(InferenceError, match="cuda"):
-            Classifier(model_dirs["oct"], device="cuda")
+            Classifier(tiny_model_dirs["oct"], device="cuda")
     else:
-        assert Classifier(model_dirs["oct"], device="cuda").provider == "CUDAExecutionProvider"
+        assert Classifier(tiny_model_dirs["oct"], device="cuda").provider == "CUDAExecutionProvider"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_routing(sop_class: str, modality: str, body_part: str, expected) -> Non
 def test_daemon_never_imports_tensorflow() -> None:
     code = (
         "import sys, daemon.cli, daemon.lifecycle, daemon.scp, daemon.pipeline, "
-        "daemon.reporting, daemon.worklist, daemon.demo, dicom_io.sr, storage.queries, "
+        "daemon.reporting, daemon.worklist, phantoms.demo, dicom_io.sr, storage.queries, "
         "model_runtime.classifier, model_runtime.occlusion\n"
         "daemon.cli.build_parser()\n"
         "training = ('tensorflow', 'keras', 'tf2onnx')\n"
@@ -119,7 +119,7 @@ def test_all_frames_mode_finds_the_most_urgent_b_scan(
 
 
 def test_io_binding_gives_the_same_probabilities_as_a_plain_run(
-    model_dirs: dict[str, Path],
+    tiny_model_dirs: dict[str, Path],
 ) -> None:
     """The I/O-binding path (used on CUDA) on the CPU: same numbers, any batch size,
     and buffers reused between calls do not leak one batch into the next."""
@@ -127,8 +127,8 @@ def test_io_binding_gives_the_same_probabilities_as_a_plain_run(
 
     import numpy as np
 
-    plain = Classifier(model_dirs["oct"], device="cpu", io_binding=False)
-    bound = Classifier(model_dirs["oct"], device="cpu", io_binding=True)
+    plain = Classifier(tiny_model_dirs["oct"], device="cpu", io_binding=False)
+    bound = Classifier(tiny_model_dirs["oct"], device="cpu", io_binding=True)
     assert plain.binding is None and bound.binding is not None
     rng = np.random.default_rng(4)
     spec = plain.manifest.input

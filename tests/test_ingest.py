@@ -9,11 +9,11 @@ import pydicom.config
 import pytest
 from pydicom import dcmread
 
-from daemon.errors import IngestError
 from daemon.spool import Spool
 from daemon.status import Status
 from daemon.validate import parse_header
-from dicom_io.phantom_files import write_dicom_studies
+from domain.errors import IngestError
+from phantoms.files import write_dicom_studies
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def test_an_over_long_uid_is_refused_before_it_is_acknowledged(phantom_bytes: by
 
 def test_a_report_is_built_without_type2_attributes(phantom_bytes: bytes) -> None:
     """A device that leaves out type 2 attributes: the SR carries them empty."""
-    from dicom_io.codes import Referral, TriageModality
     from dicom_io.source import TYPE2_SOURCE_KEYWORDS
     from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
+    from domain.triage import Referral, TriageModality
 
     source = dcmread(BytesIO(phantom_bytes), stop_before_pixels=True)
     for keyword in TYPE2_SOURCE_KEYWORDS:

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from daemon.spool import RECEIVING_PATTERN, STALE_SECONDS, Spool
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon, dcmtk_env, run_tool
 
 pytestmark = pytest.mark.network

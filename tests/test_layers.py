@@ -4,7 +4,9 @@
 ``model_runtime`` (package format, preprocessing, classifier, occlusion)
 sits on it, below both ``daemon`` and ``trainer``, and imports neither.
 ``storage``, ``dicom_io`` and ``trainer`` never import ``daemon``. Read from
-the source with ``ast``, imports inside functions included.
+the source with ``ast``, imports inside functions included. ``phantoms``
+(synthetic data and the demo) is test and demo tooling: nothing below the
+command line imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("daemon", "dicom_io", "domain", "model_runtime", "storage", "trainer")
+OURS = ("daemon", "dicom_io", "domain", "model_runtime", "phantoms", "storage", "trainer")
 
 
 def _imports(path: Path) -> set[str]:
@@ -43,10 +45,19 @@ def test_domain_imports_nothing_of_ours() -> None:
 
 
 def test_the_model_runtime_imports_only_the_domain() -> None:
-    forbidden = ("daemon", "dicom_io", "storage", "trainer")
+    forbidden = ("daemon", "dicom_io", "phantoms", "storage", "trainer")
     assert _violations("model_runtime", forbidden) == set()
 
 
 @pytest.mark.parametrize("package", ["storage", "dicom_io", "trainer"])
 def test_lower_layers_never_import_the_daemon(package: str) -> None:
     assert _violations(package, ("daemon",)) == set()
+
+
+def test_only_the_command_line_uses_the_phantoms() -> None:
+    users = {
+        path
+        for package in ("daemon", "dicom_io", "domain", "model_runtime", "storage", "trainer")
+        for path, _name in _violations(package, ("phantoms",))
+    }
+    assert users == {"daemon/cli/models.py"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import ModelPackageError
+from domain.errors import ModelPackageError
 from model_runtime.classifier import Classifier
 from model_runtime.package import load_package
 
@@ -32,18 +32,20 @@ def test_trained_package_loads(model_dirs: dict[str, Path]) -> None:
     }
 
 
-def test_changed_model_is_refused(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_changed_model_is_refused(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "oct"
-    shutil.copytree(model_dirs["oct"], copy)
+    shutil.copytree(tiny_model_dirs["oct"], copy)
     with (copy / "model.onnx").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ModelPackageError, match="SHA-256"):
         Classifier(copy)
 
 
-def test_manifest_without_referrals_is_refused(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_manifest_without_referrals_is_refused(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     copy = tmp_path / "oct"
-    shutil.copytree(model_dirs["oct"], copy)
+    shutil.copytree(tiny_model_dirs["oct"], copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["referrals"]["DME"]
     (copy / "manifest.json").write_text(json.dumps(manifest))

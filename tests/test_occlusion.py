@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
 from model_runtime.classifier import Classifier
 from model_runtime.occlusion import OcclusionMap, occlusion_map, peak, peak_in_lesion
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon
 
 LOCALISED_CLASSES = {"oct": ("CNV", "DME", "DRUSEN"), "cxr": ("BACTERIA", "VIRUS")}

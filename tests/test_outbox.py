@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import Orthanc, TriageDaemon, free_port
 
 pytestmark = pytest.mark.network

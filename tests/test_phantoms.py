@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_io.phantoms import (
+from phantoms.images import (
     CXR_LABELS,
     OCT_LABELS,
     RetinaGeometry,

@@ -12,8 +12,8 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 
-from dicom_io.phantom_files import write_dicom_studies
 from model_runtime.package import Manifest, write_manifest
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon
 
 pytestmark = pytest.mark.network

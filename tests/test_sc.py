@@ -10,9 +10,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.pixels import decode_instance
 from dicom_io.sc import LEGEND_WIDTH, build_heatmap_sc, render_overlay
+from phantoms.files import write_dicom_studies
 
 
 def _errors(tool: list[str]) -> list[str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_io.codes import Referral, TriageModality
-from dicom_io.phantom_files import write_dicom_studies
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
+from domain.triage import Referral, TriageModality
+from phantoms.files import write_dicom_studies
 
 ALGORITHM = AlgorithmInfo("test-model", "1.2.3", "ab" * 32, "dicom-triage test")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon, free_port
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dicom-triage.service"
@@ -54,13 +54,13 @@ def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
     assert float(exposure.group(1)) <= 2.0, security.stdout
 
 
-def test_ready_once_and_watchdog_pings(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+def test_ready_once_and_watchdog_pings(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> None:
     address = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(address)
     listener.settimeout(0.5)
     daemon = TriageDaemon(
-        tmp_path / "state", model_dirs, NOTIFY_SOCKET=address, WATCHDOG_USEC="400000"
+        tmp_path / "state", tiny_model_dirs, NOTIFY_SOCKET=address, WATCHDOG_USEC="400000"
     )
     # WATCHDOG_PID, when set, must name the daemon; leave it unset.
     daemon.env.pop("WATCHDOG_PID", None)
@@ -143,8 +143,8 @@ def test_install_script_into_a_staging_root(tmp_path: Path) -> None:
     assert config.exists() and (tmp_path / "var/lib/dicom-triage").exists()
 
 
-def test_json_logs(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
-    daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_LOGGING_FORMAT="json")
+def test_json_logs(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> None:
+    daemon = TriageDaemon(tmp_path / "state", tiny_model_dirs, TRIAGE_LOGGING_FORMAT="json")
     daemon.start()
     assert daemon.stop() == 0
     records = [json.loads(line) for line in daemon.lines if line.startswith("{")]

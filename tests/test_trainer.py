@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import TriageError
+from domain.errors import TriageError
 from trainer.backbones import BACKBONES, build_base
 from trainer.export import parity
 from trainer.train import BASE_WEIGHTS_FILE, TrainOptions, train

@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
 
 from daemon.pipeline import classify_file
-from dicom_io.phantom_files import write_dicom_studies
 from model_runtime.classifier import Classifier
+from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon
 
 pytestmark = pytest.mark.network

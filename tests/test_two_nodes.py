@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.phantom_files import write_dicom_studies
+from phantoms.files import write_dicom_studies
 from tests import peers
 from tests.peers import Orthanc, TriageDaemon, dcmtk_env
 

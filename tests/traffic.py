@@ -331,7 +331,7 @@ def wait_until_reported(
 
 
 def phantom_pool(out: Path, modality: str, per_class: int, seed: int) -> list[Path]:
-    from dicom_io.phantom_files import write_dicom_studies
+    from phantoms.files import write_dicom_studies
 
     return sorted(write_dicom_studies(modality, out, per_class, seed=seed).rglob("*.dcm"))
 

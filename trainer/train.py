@@ -24,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from dicom_io.codes import PAPER_REFERRALS, TriageModality
+from domain.triage import PAPER_REFERRALS, TriageModality
 from model_runtime.package import InputSpec, Manifest, write_manifest
 from trainer.backbones import BACKBONES, Backbone, build_base, resolve_base_weights
 from trainer.bottlenecks import BottleneckCache, content_key, load_batch

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from daemon.cli.parser import build_parser
-from daemon.errors import TriageError
+from domain.errors import TriageError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

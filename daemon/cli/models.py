@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 from daemon.cli.process import configure_logging, quiet_onnxruntime, quiet_tensorflow
-from daemon.errors import TriageError
+from domain.errors import TriageError
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
-    from dicom_io.phantom_files import write_dicom_studies, write_jpeg_dataset
+    from phantoms.files import write_dicom_studies, write_jpeg_dataset
 
     configure_logging("INFO")
     writer = write_jpeg_dataset if args.format == "jpeg" else write_dicom_studies
@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     quiet_tensorflow()
-    from daemon.demo import run_demo
+    from phantoms.demo import run_demo
 
     configure_logging("INFO")
     return run_demo(Path(args.state_dir), count=args.count, config=args.config)

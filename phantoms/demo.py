@@ -21,8 +21,8 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
-from daemon.errors import TriageError
 from daemon.status import Status
+from domain.errors import TriageError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def ensure_models(state_dir: Path) -> None:
                 "No models yet and the train extra is not installed: "
                 "pip install 'dicom-triage[train]'"
             ) from exc
-        from dicom_io.phantom_files import write_jpeg_dataset
+        from phantoms.files import write_jpeg_dataset
 
         data = state_dir / "training-phantoms"
         print(f"Training the {modality} phantom model (once; a minute or two on 2 cores)...")
@@ -99,7 +99,7 @@ def push_studies(files: list[Path], port: int) -> None:
 def run_demo(
     state_dir: Path, count: int = 2, timeout_seconds: float = 180.0, config: str | None = None
 ) -> int:
-    from dicom_io.phantom_files import write_dicom_studies
+    from phantoms.files import write_dicom_studies
 
     state_dir = state_dir.absolute()
     ensure_models(state_dir)

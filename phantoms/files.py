@@ -27,7 +27,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from dicom_io.phantoms import (
+from phantoms.images import (
     OCT_SHAPE,
     Phantom,
     labels_for,

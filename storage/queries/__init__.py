@@ -1,0 +1,110 @@
+"""The daemon's reads and writes, one module per aggregate, one function per
+question or change. Each aggregate's state changes live in its own module:
+
+- ``instances``: recorded on receipt, leased for triage, given a result or a final state
+- ``studies``: reopened by a new image, their result kept current, reported once stable
+- ``reports``: each study's SR, a later one superseding the one before
+- ``deliveries``: the outbox, one row per object and destination
+- ``occlusion_maps``: which triaged images still need a map
+- ``worklist``: the urgent referrals
+- ``retention``: retiring studies past their time
+- ``common``: the database clock, insert-or-read, leases
+
+Every function takes a ``Session`` and leaves committing to the caller, so
+that the caller decides what is one transaction. Callers use
+``from storage import queries`` and ``queries.<function>``.
+"""
+
+from storage.queries.common import (
+    NO_PATIENT_ID_ISSUER,
+    Destination,
+    database_now,
+    get_or_insert,
+    header_text,
+    lease_row,
+)
+from storage.queries.deliveries import (
+    OutboxRow,
+    add_occlusion_deliveries,
+    delivery_counts,
+    due_deliveries,
+    lease_delivery,
+    outbox,
+    pending_destinations,
+    purge_deliveries,
+    queue_deliveries,
+    record_delivery_outcome,
+    retry_deliveries,
+)
+from storage.queries.instances import (
+    find_instance,
+    lease_instance,
+    leased_instance,
+    mark_instance,
+    pending_instance_ids,
+    record_instance,
+    record_result,
+    release_all_leases,
+    release_instance,
+    replace_instance,
+    work_counts,
+)
+from storage.queries.occlusion_maps import delete_occlusion_maps, instances_needing_maps
+from storage.queries.reports import add_report, latest_report
+from storage.queries.retention import Purge, purge_studies
+from storage.queries.studies import (
+    commit_report_state,
+    reopen_study,
+    report_failed,
+    studies_ready_to_report,
+    study_if_ready,
+    triaged_instances,
+    update_study_result,
+)
+from storage.queries.worklist import WorklistEntry, urgent_worklist
+
+__all__ = [
+    "NO_PATIENT_ID_ISSUER",
+    "Destination",
+    "OutboxRow",
+    "Purge",
+    "WorklistEntry",
+    "add_occlusion_deliveries",
+    "add_report",
+    "commit_report_state",
+    "database_now",
+    "delete_occlusion_maps",
+    "delivery_counts",
+    "due_deliveries",
+    "find_instance",
+    "get_or_insert",
+    "header_text",
+    "instances_needing_maps",
+    "latest_report",
+    "lease_delivery",
+    "lease_instance",
+    "lease_row",
+    "leased_instance",
+    "mark_instance",
+    "outbox",
+    "pending_destinations",
+    "pending_instance_ids",
+    "purge_deliveries",
+    "purge_studies",
+    "queue_deliveries",
+    "record_delivery_outcome",
+    "record_instance",
+    "record_result",
+    "release_all_leases",
+    "release_instance",
+    "reopen_study",
+    "replace_instance",
+    "report_failed",
+    "retry_deliveries",
+    "studies_ready_to_report",
+    "study_if_ready",
+    "triaged_instances",
+    "update_study_result",
+    "urgent_worklist",
+    "work_counts",
+]

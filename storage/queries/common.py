@@ -1,0 +1,102 @@
+"""What every aggregate's queries share: the database clock, insert-or-read, leases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TypeVar
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    InstanceState,
+    Patient,
+    Series,
+    Study,
+)
+
+# Issuer given to the patient row of a study whose images have no Patient ID.
+NO_PATIENT_ID_ISSUER = "no-patient-id:"
+
+
+def header_text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
+    value = dataset.get(keyword, "")
+    return str(value if value is not None else "")[:limit]
+
+
+def database_now(session: Session) -> dt.datetime:
+    """The database server's clock, as naive UTC.
+
+    Nodes compare times they did not write themselves (when a study last
+    received an image, until when a lease holds), so every such time comes
+    from the one clock they share.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.scalar(text("select (clock_timestamp() at time zone 'utc')"))
+    else:
+        value = session.scalar(text("select strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"The database returned {value!r} for the time.")
+    return value.replace(tzinfo=None)
+
+
+Row = TypeVar("Row", Patient, Study, Series)
+
+
+def get_or_insert(
+    session: Session, model: type[Row], key: dict[str, object], **values: object
+) -> Row:
+    """The row with ``key`` (its unique columns), inserted first if there is none.
+
+    ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key
+    to commit (PostgreSQL) or runs under SQLite's single writer, so the row
+    is then read back in the same transaction either way.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert_for(model).values(**key, **values).on_conflict_do_nothing(index_elements=list(key))
+    )
+    query = select(model)
+    for column, value in key.items():
+        query = query.where(getattr(model, column) == value)
+    return session.scalars(query).one()
+
+
+Leasable = TypeVar("Leasable", Instance, Delivery)
+
+
+def lease_row(
+    session: Session,
+    model: type[Leasable],
+    row_id: int,
+    waiting: InstanceState | DeliveryState,
+    lease_seconds: float,
+) -> Leasable | None:
+    """Lease a row in state ``waiting`` that nobody holds: one more attempt, a deadline.
+
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several nodes share the
+    work; SQLite has a single writer. The deadline is the database's clock.
+    """
+    now = database_now(session)
+    row = session.scalar(
+        select(model)
+        .where(model.id == row_id, model.state == waiting)
+        .where(model.lease_until.is_(None) | (model.lease_until < now))
+        .with_for_update(skip_locked=True)
+    )
+    if row is not None:
+        row.attempts += 1
+        row.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    return row
+
+
+Destination = tuple[str, str, int]  # (AE title, host, port)

@@ -1,0 +1,163 @@
+"""The queries of each aggregate, in process on SQLite: no daemon, no network, no root."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import queries
+from storage.models import Delivery, DeliveryState, Instance, InstanceState, Study, StudyState
+from tests.records import classification, store_received, store_triaged
+from tests.traffic import plan_studies
+
+PACS = ("PACS", "127.0.0.1", 104)
+
+
+def test_an_instance_is_leased_once_counted_and_failed_for_good(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    instance_id = store_received(sqlite_sessions, study.images[0].path)
+    with sqlite_sessions() as session:
+        assert queries.pending_instance_ids(session, 10) == [instance_id]
+
+    with sqlite_sessions() as session, session.begin():
+        leased = queries.lease_instance(session, instance_id, 60)
+        assert leased is not None and leased.attempts == 1
+    with sqlite_sessions() as session, session.begin():
+        # Held: neither a second worker nor the sweep gets it.
+        assert queries.lease_instance(session, instance_id, 60) is None
+        assert queries.pending_instance_ids(session, 10) == []
+        queries.release_instance(session, instance_id, "DecoderCrashed: killed")
+    with sqlite_sessions() as session, session.begin():
+        again = queries.lease_instance(session, instance_id, 60)
+        assert again is not None and again.attempts == 2
+        assert again.error == "DecoderCrashed: killed"
+        queries.mark_instance(session, again, InstanceState.FAILED, "Given up")
+    with sqlite_sessions() as session, session.begin():
+        assert queries.lease_instance(session, instance_id, 60) is None
+        assert queries.pending_instance_ids(session, 10) == []
+        assert queries.work_counts(session)["instances_failed"] == 1
+
+
+def test_a_restart_releases_every_lease(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    studies = plan_studies(oct_phantoms, tmp_path / "s", studies=2, images_per_study=1)
+    ids = [store_received(sqlite_sessions, s.images[0].path) for s in studies]
+    with sqlite_sessions() as session, session.begin():
+        for instance_id in ids:
+            assert queries.lease_instance(session, instance_id, 3600) is not None
+    with sqlite_sessions() as session, session.begin():
+        assert queries.release_all_leases(session) == 2
+    with sqlite_sessions() as session:
+        assert sorted(queries.pending_instance_ids(session, 10)) == sorted(ids)
+
+
+def test_a_late_image_reopens_its_study_and_refuses_the_stale_report(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=2)
+    study_id = store_triaged(sqlite_sessions, study.images[0].path)
+    with sqlite_sessions() as session:
+        ready = queries.study_if_ready(session, study_id, stable_seconds=0)
+        assert ready is not None
+        revision = ready.revision
+
+    store_received(sqlite_sessions, study.images[1].path)  # arrives while the SR is built
+    with sqlite_sessions() as session, session.begin():
+        assert not queries.commit_report_state(session, study_id, revision, StudyState.REPORTED)
+        # Not ready either: its new image is still waiting for inference.
+        assert queries.study_if_ready(session, study_id, stable_seconds=0) is None
+        current = session.get_one(Study, study_id)
+        assert current.state == StudyState.RECEIVING and current.revision > revision
+
+
+def test_a_study_whose_report_keeps_failing_rests_then_is_parked(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    study_id = store_triaged(sqlite_sessions, study.images[0].path)
+    with sqlite_sessions() as session, session.begin():
+        delay = queries.report_failed(session, study_id, "boom", 2, lambda n: 30.0 * n)
+        assert delay == 30.0
+        # Resting: not ready again until its retry time.
+        assert queries.studies_ready_to_report(session, 0) == []
+    with sqlite_sessions() as session, session.begin():
+        assert queries.report_failed(session, study_id, "boom again", 2, lambda n: 30.0) is None
+        parked = session.get_one(Study, study_id)
+        assert parked.state == StudyState.REPORT_FAILED and parked.report_error == "boom again"
+        assert queries.work_counts(session)["studies_report_failed"] == 1
+
+
+def _queued_report(tmp_path: Path, phantoms: list[Path], sessions: sessionmaker[Session]) -> int:
+    (study,) = plan_studies(phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    study_id = store_triaged(sessions, study.images[0].path)
+    with sessions() as session, session.begin():
+        queries.add_report(
+            session,
+            session.get_one(Study, study_id),
+            sop_instance_uid="1.2.3.4",
+            series_instance_uid="1.2.3",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+            content=b"SR",
+            destinations=[PACS],
+            supersedes=None,
+        )
+        (delivery_id,) = queries.due_deliveries(session, PACS)
+    return int(delivery_id)
+
+
+def test_a_delivery_retries_on_its_schedule_then_is_dead_lettered_and_retried(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    delivery_id = _queued_report(tmp_path, oct_phantoms, sqlite_sessions)
+    delays = (60.0,)
+    with sqlite_sessions() as session, session.begin():
+        delivery = queries.lease_delivery(session, delivery_id, 120)
+        assert delivery is not None and delivery.attempts == 1
+        assert queries.lease_delivery(session, delivery_id, 120) is None  # held
+        assert queries.record_delivery_outcome(session, delivery, "refused", delays) == 60.0
+    with sqlite_sessions() as session, session.begin():
+        assert queries.due_deliveries(session, PACS) == []  # waits its minute
+        delivery = session.get_one(Delivery, delivery_id)
+        delivery.next_attempt_at = queries.database_now(session) - dt.timedelta(seconds=1)
+    with sqlite_sessions() as session, session.begin():
+        delivery = queries.lease_delivery(session, delivery_id, 120)
+        assert delivery is not None and delivery.attempts == 2
+        assert queries.record_delivery_outcome(session, delivery, "refused", delays) is None
+    with sqlite_sessions() as session, session.begin():
+        assert session.get_one(Delivery, delivery_id).state == DeliveryState.FAILED
+        assert queries.delivery_counts(session) == (0, 1)
+        assert queries.retry_deliveries(session, None) == 1
+    with sqlite_sessions() as session, session.begin():
+        delivery = queries.lease_delivery(session, delivery_id, 120)
+        assert delivery is not None and delivery.attempts == 1
+        assert queries.record_delivery_outcome(session, delivery, None, delays) is None
+        assert delivery.state == DeliveryState.DELIVERED and delivery.last_error == ""
+    with sqlite_sessions() as session:
+        assert queries.delivery_counts(session) == (0, 0)
+        (row,) = queries.outbox(session, DeliveryState.DELIVERED)
+        assert row.delivery_id == delivery_id and row.destination == "PACS@127.0.0.1:104"
+
+
+def test_a_result_decides_its_study_and_a_replaced_copy_is_triaged_again(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    path = study.images[0].path
+    study_id = store_triaged(sqlite_sessions, path)
+    uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    with sqlite_sessions() as session, session.begin():
+        decided = session.get_one(Study, study_id)
+        assert decided.result is not None and decided.result.label == classification().label
+        queries.replace_instance(session, uid, path=str(path), sha256="1" * 64)
+    with sqlite_sessions() as session:
+        instance = queries.find_instance(session, uid)
+        assert isinstance(instance, Instance)
+        assert instance.state == InstanceState.RECEIVED and instance.result is None
+        assert instance.sha256 == "1" * 64
+        assert queries.pending_instance_ids(session, 10) == [instance.id]
