@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.errors import ConfigError
+from domain.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +191,12 @@ class DeliverySettings(Section):
         return parse_retry_schedule(self.retry_schedule)
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.delays)
+
+    @property
     def max_attempts(self) -> int:
-        return len(self.delays) + 1
+        return self.retry_policy.max_attempts
 
     def validate(self) -> None:
         try:

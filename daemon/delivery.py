@@ -35,9 +35,10 @@ from daemon import metrics
 from daemon.config import DeliverySettings
 from daemon.runtime import CurrentRuntime
 from daemon.status import Status
-from daemon.worker import Backoff, Worker
+from daemon.worker import Worker
 from dicom_io.network import set_nodelay
 from domain.errors import DeliveryError
+from domain.retry import Backoff
 from storage import queries
 from storage.models import Delivery
 
@@ -92,7 +93,7 @@ def record_outcome(
 ) -> None:
     """Record one attempt's outcome in the outbox, and log and count it."""
     retry_in = queries.record_delivery_outcome(
-        session, delivery, None if error is None else str(error), settings.delays
+        session, delivery, None if error is None else str(error), settings.retry_policy
     )
     if error is None:
         metrics.OBJECTS_SENT.labels(_kind(delivery)).inc()

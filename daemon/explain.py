@@ -8,9 +8,10 @@ wrap it as a Secondary Capture (``dicom_io.sc``), store it in SQL and, when
 this runs on an association thread or in the report path.
 
 An image whose map fails (its file damaged or gone, say) rests before the
-next try and is given up after a few, until the daemon restarts; it is left
-out of the poller's query meanwhile, so a few such images can never hold
-the bounded queue and starve the rest.
+next try and is given up after ``MAP_RETRY``'s last, with its reason, in the
+database (``queries.map_failed``); it is left out of the poller's query
+meanwhile, so a few such images can never hold the bounded queue and starve
+the rest, and a restart neither forgets nor repeats them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from io import BytesIO
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from daemon.decoding import IsolatedDecoder, decode
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
 from dicom_io.sc import build_heatmap_sc, render_overlay
+from domain.retry import RetryPolicy
 from domain.triage import TriageModality
 from model_runtime.classifier import Classifier
 from model_runtime.occlusion import OcclusionMap, occlusion_map, to_source_geometry
@@ -69,8 +70,8 @@ class _MapWorker(Worker):
         return self.explainer.work_one()
 
 
-# Seconds before the second and third tries at a failed map; then give up.
-RETRY_AFTER_SECONDS = (60.0, 600.0)
+# A failed map is tried again after a minute, then ten, then given up.
+MAP_RETRY = RetryPolicy(delays=(60.0, 600.0))
 
 
 def render_sc(
@@ -141,8 +142,6 @@ class Explainer:
         self.poll_seconds = poll_seconds
         self.work: queue.Queue[int] = queue.Queue(maxsize=settings.occlusion.queue_size)
         self.in_flight: set[int] = set()
-        # instance id -> (failed tries, monotonic time before which it rests)
-        self.failures: dict[int, tuple[int, float]] = {}
         self._lock = threading.Lock()
         # Its own child: map workers never wait behind the pipeline's decoding.
         self.decoder = IsolatedDecoder()
@@ -159,7 +158,7 @@ class Explainer:
                 session,
                 self.runtime.current().settings.occlusion.referrals,
                 self.work.maxsize,
-                exclude=self.resting(time.monotonic()),
+                exclude=self.in_hand(),
             )
         for instance_id in candidates:
             with self._lock:
@@ -182,50 +181,43 @@ class Explainer:
             return False
         try:
             self.explain(instance_id)
-        except Exception:
+        except Exception as exc:
             metrics.OCCLUSION_MAPS.labels("failed").inc()
-            self.record_failure(instance_id, time.monotonic())
-        else:
-            with self._lock:
-                self.failures.pop(instance_id, None)
+            self.record_failure(instance_id, exc)
         finally:
             with self._lock:
                 self.in_flight.discard(instance_id)
         return True
 
-    def counts(self, now: float) -> dict[str, int]:
-        """For the status file: maps queued, failed ones waiting to retry, given up."""
-        with self._lock:
-            waits = [not_before for _tries, not_before in self.failures.values()]
-        return {
-            "queued": self.work.qsize(),
-            "retrying": sum(1 for t in waits if now < t < float("inf")),
-            "given_up": sum(1 for t in waits if t == float("inf")),
-        }
+    def queued(self) -> int:
+        """Maps waiting in the queue, for the status file."""
+        return self.work.qsize()
 
-    def resting(self, now: float) -> set[int]:
-        """Failed images not to be tried again yet (or at all)."""
+    def in_hand(self) -> set[int]:
+        """Images queued or being mapped: the poller does not queue them twice."""
         with self._lock:
-            return {key for key, (_tries, not_before) in self.failures.items() if not_before > now}
+            return set(self.in_flight)
 
-    def record_failure(self, instance_id: int, now: float) -> None:
-        """Log the failure in hand and schedule the next try, if any is left."""
-        with self._lock:
-            tries = self.failures.get(instance_id, (0, 0.0))[0] + 1
-            delay = RETRY_AFTER_SECONDS[tries - 1] if tries <= len(RETRY_AFTER_SECONDS) else None
-            self.failures[instance_id] = (tries, float("inf") if delay is None else now + delay)
+    def record_failure(self, instance_id: int, error: Exception) -> None:
+        """Count the failure in the database and log it with the next try, if any."""
+        with self.sessions() as session, session.begin():
+            tries, delay = queries.map_failed(
+                session, instance_id, f"{type(error).__name__}: {error}", MAP_RETRY
+            )
         if delay is None:
-            logger.exception(
-                "Occlusion map of instance %d failed %d times; given up until the daemon restarts",
+            logger.error(
+                "Occlusion map of instance %d failed %d times; given up",
                 instance_id,
                 tries,
+                exc_info=error,
             )
         else:
-            logger.exception(
+            logger.error(
                 "Occlusion map of instance %d failed (try %d); next try in %.0f s",
                 instance_id,
                 tries,
                 delay,
+                exc_info=error,
             )
 
     def explain(self, instance_id: int) -> None:

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ def work_counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
     try:
         with sessions() as session:
             pending, failed = queries.delivery_counts(session)
-            counts = queries.work_counts(session)
+            counts = queries.work_counts(session) | queries.map_counts(session)
     except Exception as exc:
         logger.warning("The status cannot read the database: %s", type(exc).__name__)
         return {"database": "unavailable"}
@@ -101,17 +100,28 @@ def status_snapshot(
     sessions: sessionmaker[Session],
     last_error: LastError,
     workers_alive: bool,
-    occlusion: Callable[[float], dict[str, int]] | None,
+    maps_queued: Callable[[], int] | None,
 ) -> dict[str, Any]:
-    """What the status file holds: ``running`` (address, models, queue, disk) and the rest."""
+    """What the status file holds: ``running`` (address, models, queue, disk) and the rest.
+
+    ``maps_queued`` is None when occlusion maps are off.
+    """
+    counts = work_counts(sessions)
+    occlusion = None
+    if maps_queued is not None:
+        occlusion = {
+            "queued": maps_queued(),
+            "retrying": counts.pop("maps_retrying", None),
+            "given_up": counts.pop("maps_given_up", None),
+        }
     return {
         "pid": os.getpid(),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **running,
         "outbox_pending": None,
         "dead_letters": None,
-        **work_counts(sessions),
-        "occlusion": occlusion(time.monotonic()) if occlusion is not None else None,
+        **counts,
+        "occlusion": occlusion,
         "workers_alive": workers_alive,
         "last_error": last_error.message,
         "last_error_at": last_error.at,

@@ -16,6 +16,7 @@ watchdog pings are sent only while every worker is alive.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -24,6 +25,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,6 +34,7 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import AssociationServer
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.audit import AssociationAudit
@@ -181,6 +184,60 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         engine.dispose()
 
 
+def _listen(settings: Settings, handlers: list[Any]) -> tuple[AE, AssociationServer] | None:
+    """The DICOM listener and the metrics endpoint; None (logged) if either cannot start."""
+    ae = make_acceptor(settings.dicom)
+    try:
+        server = ae.start_server(
+            (settings.dicom.host, settings.dicom.port), block=False, evt_handlers=handlers
+        )
+    except OSError as exc:
+        logger.error("Cannot listen on %s:%d: %s", settings.dicom.host, settings.dicom.port, exc)
+        return None
+    if server is None:
+        logger.error("The DICOM server did not start")
+        return None
+    try:
+        metrics.serve_metrics(settings.metrics.port)
+    except OSError as exc:
+        logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
+        server.shutdown()
+        return None
+    return ae, server
+
+
+@dataclasses.dataclass
+class _Watch:
+    """What the main loop reports on: the status file, the gauges, systemd."""
+
+    state_dir: Path
+    runtime: CurrentRuntime
+    work: queue.Queue[int]
+    spool: Spool
+    server: AssociationServer
+    sessions: sessionmaker[Session]
+    last_error: LastError
+    maps_queued: Callable[[], int] | None
+
+    def publish(self, alive: bool) -> dict[str, Any]:
+        snapshot = status_snapshot(
+            _describe_running(self.runtime.current(), self.work, self.spool, self.server),
+            self.sessions,
+            self.last_error,
+            alive,
+            self.maps_queued,
+        )
+        write_status(self.state_dir, snapshot)
+        publish_metrics(snapshot)
+        notify(
+            f"STATUS=queue {snapshot['queue_depth']}, outbox {snapshot['outbox_pending']}, "
+            f"dead letters {snapshot['dead_letters']}, "
+            f"reports parked {snapshot.get('studies_report_failed')}, "
+            f"database {snapshot['database']}"
+        )
+        return snapshot
+
+
 def _run(
     settings: Settings,
     config_path: Path | None,
@@ -192,13 +249,7 @@ def _run(
     sessions = make_session_factory(engine)
     supervisor = Supervisor(threading.Event())
     work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
-    pipeline = TriagePipeline(sessions, runtime, work, supervisor.stop)
-    explainer = (
-        Explainer(runtime, sessions, supervisor.stop) if settings.occlusion.enabled else None
-    )
     signals = _Signals()
-
-    ae = make_acceptor(settings.dicom)
     audit = AssociationAudit(sessions)
     ingest = IngestContext(
         spool=spool,
@@ -208,67 +259,54 @@ def _run(
         min_free_bytes=settings.storage.min_free_bytes,
         audit=audit,
     )
-    handlers = event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
-    try:
-        server = ae.start_server(
-            (settings.dicom.host, settings.dicom.port), block=False, evt_handlers=handlers
-        )
-    except OSError as exc:
-        logger.error("Cannot listen on %s:%d: %s", settings.dicom.host, settings.dicom.port, exc)
+    listener = _listen(
+        settings, event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
+    )
+    if listener is None:
         return ExitCode.FAILURE
-    if server is None:
-        logger.error("The DICOM server did not start")
-        return ExitCode.FAILURE
-    try:
-        metrics.serve_metrics(settings.metrics.port)
-    except OSError as exc:
-        logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
-        server.shutdown()
-        return ExitCode.FAILURE
+    ae, server = listener
     if engine.dialect.name == "sqlite":
         # One node by construction: leases left by its previous process are stale.
         with sessions() as session, session.begin():
             if freed := queries.release_all_leases(session):
                 logger.warning("Released %d image(s) held when the daemon last stopped", freed)
 
+    pipeline = TriagePipeline(sessions, runtime, work, supervisor.stop)
     supervisor.start(
         pipeline,
         ReportBuilder(runtime, sessions, supervisor.stop),
         Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start),
     )
     supervisor.close_at_exit(pipeline.decoder.close)
-    if explainer is not None:
+    explainer = None
+    if settings.occlusion.enabled:
+        explainer = Explainer(runtime, sessions, supervisor.stop)
         supervisor.start(*explainer.workers())
         supervisor.close_at_exit(explainer.decoder.close)
     host, port = server.server_address[:2]
     logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
     notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
 
+    watch = _Watch(
+        settings.state_dir,
+        runtime,
+        work,
+        spool,
+        server,
+        sessions,
+        last_error,
+        explainer.queued if explainer is not None else None,
+    )
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     exit_code = ExitCode.OK
-    occlusion_counts = explainer.counts if explainer is not None else None
     while True:
         alive = supervisor.healthy()
-        snapshot = status_snapshot(
-            _describe_running(runtime.current(), work, spool, server),
-            sessions,
-            last_error,
-            alive,
-            occlusion_counts,
-        )
-        write_status(settings.state_dir, snapshot)
-        publish_metrics(snapshot)
+        snapshot = watch.publish(alive)
         if not alive:
             logger.error("A worker thread died; stopping so that systemd restarts the service")
             exit_code = ExitCode.FAILURE
             break
-        notify(
-            f"STATUS=queue {snapshot['queue_depth']}, outbox {snapshot['outbox_pending']}, "
-            f"dead letters {snapshot['dead_letters']}, "
-            f"reports parked {snapshot.get('studies_report_failed')}, "
-            f"database {snapshot['database']}"
-        )
         if interval:
             notify("WATCHDOG=1")
         if signals.shutdown.wait(tick):

@@ -22,6 +22,7 @@ from daemon.routing import route
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
 from domain.errors import InferenceError
+from domain.retry import RetryPolicy
 from domain.triage import Classification, TriageModality
 from model_runtime.classifier import Classifier
 from storage import queries
@@ -30,9 +31,11 @@ from storage.models import InstanceState
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
-# Tries per image before it is marked FAILED; an attempt is counted when the
-# image is leased, so one that crashes or hangs the worker counts too.
-MAX_ATTEMPTS = 3
+# Three tries per image, each at once after the last (its lease is freed, or
+# runs out if the worker died), then it is marked FAILED. An attempt is
+# counted when the image is leased, so one that crashes or hangs the worker
+# counts too.
+TRIAGE_RETRY = RetryPolicy(delays=(0.0, 0.0))
 # Longer than inference of any one image takes; an expired lease (its
 # worker died) lets another worker or node take the image.
 LEASE_SECONDS = 60.0
@@ -76,7 +79,7 @@ class TriagePipeline(Worker):
     Each instance is leased (an attempt counted) in a short transaction;
     decoding and inference run with no transaction open; the result is
     recorded in another short one. An image still failing after
-    ``MAX_ATTEMPTS`` (or one that crashed or hung the worker that many
+    ``TRIAGE_RETRY.max_attempts`` (or one that crashed or hung the worker that many
     times) is marked FAILED with its reason and never tried again.
     """
 
@@ -122,13 +125,13 @@ class TriagePipeline(Worker):
         try:
             self._triage(leased)
         except DecoderCrashed as exc:
-            # The image may be to blame, or the host: tried again, up to MAX_ATTEMPTS.
+            # The image may be to blame, or the host: tried again, up to its last try.
             logger.error(
                 "Instance %d: %s (attempt %d of %d)",
                 instance_id,
                 exc,
                 leased.attempts,
-                MAX_ATTEMPTS,
+                TRIAGE_RETRY.max_attempts,
             )
             with self.sessions() as session, session.begin():
                 queries.release_instance(session, instance_id, str(exc))
@@ -144,18 +147,18 @@ class TriagePipeline(Worker):
             instance = queries.lease_instance(session, instance_id, LEASE_SECONDS)
             if instance is None:
                 return None  # done already, or another worker or node has it
-            if instance.attempts > MAX_ATTEMPTS:
+            if instance.attempts > TRIAGE_RETRY.max_attempts:
                 queries.mark_instance(
                     session,
                     instance,
                     InstanceState.FAILED,
-                    f"Given up after {MAX_ATTEMPTS} attempts that did not finish. "
+                    f"Given up after {TRIAGE_RETRY.max_attempts} attempts that did not finish. "
                     f"Last error: {instance.error or 'none recorded (the worker stopped)'}",
                 )
                 logger.error(
                     "Instance %d given up after %d attempts that did not finish",
                     instance_id,
-                    MAX_ATTEMPTS,
+                    TRIAGE_RETRY.max_attempts,
                 )
                 return None
             series = instance.series

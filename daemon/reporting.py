@@ -12,7 +12,7 @@ same report series, the next instance number, and the earlier SR in its
 Predecessor Documents Sequence (PS3.3 C.17.2.1).
 
 A study whose report cannot be built (say an image file is gone) is tried
-again after a back-off and, after ``MAX_REPORT_ATTEMPTS``, parked as
+again after a back-off and, after ``REPORT_RETRY.max_attempts``, parked as
 ``report_failed`` with its reason: counted, in ``triage status`` and the
 metrics, and never in the way of other studies.
 """
@@ -31,16 +31,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
 from daemon.runtime import CurrentRuntime
-from daemon.worker import Backoff, Worker
+from daemon.worker import Worker
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
+from domain.retry import Backoff, RetryPolicy
 from domain.triage import Referral, TriageModality
 from storage import queries
 from storage.models import Study, StudyState
 
 logger = logging.getLogger(__name__)
 
-MAX_REPORT_ATTEMPTS = 3
-REPORT_BACKOFF = Backoff(first=5.0, ceiling=300.0)
+# Three tries, 5 s and 10 s apart, then the study is parked.
+REPORT_RETRY = RetryPolicy.exponential(3, Backoff(first=5.0, ceiling=300.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,18 +175,16 @@ class ReportBuilder(Worker):
         )
 
     def failed(self, study_id: int, error: Exception) -> None:
-        """Count the failure; park the study after MAX_REPORT_ATTEMPTS."""
+        """Count the failure; park the study after its last try."""
         reason = f"{type(error).__name__}: {error}"
         with self.sessions() as session, session.begin():
-            delay = queries.report_failed(
-                session, study_id, reason, MAX_REPORT_ATTEMPTS, REPORT_BACKOFF.delay
-            )
+            delay = queries.report_failed(session, study_id, reason, REPORT_RETRY)
         if delay is None:
             metrics.REPORTS.labels("failed").inc()
             logger.error(
                 "The report of study %d failed %d times and is parked: %s",
                 study_id,
-                MAX_REPORT_ATTEMPTS,
+                REPORT_RETRY.max_attempts,
                 reason,
                 exc_info=error,
             )

@@ -4,39 +4,26 @@ A ``Worker`` is a thread that repeats ``tick()``: it refreshes its heartbeat
 every round, stops when the shared stop event is set, and survives any
 exception a round raises (a database outage, a bug), backing off
 exponentially while the rounds keep failing so that an outage is neither a
-busy loop nor a flood of tracebacks. The supervisor (``daemon.lifecycle``)
-judges each worker by ``is_alive()`` and ``heartbeat``.
+busy loop nor a flood of tracebacks. The supervisor judges each worker by
+``is_alive()`` and ``heartbeat``.
 
-Units of work (an instance to triage, a study to report, a delivery) keep
-their own attempts in the database: each is claimed in a short transaction
-with a lease and an attempt counted before the slow part starts, so a
-crash or a hang still counts, and after ``max_attempts`` it is parked in a
-terminal state with its reason. ``Backoff`` gives the delay before the next
-try of a unit.
+Units of work (an instance to triage, a study to report, a delivery, an
+occlusion map) keep their attempts in the database: each is claimed with an
+attempt counted before the slow part starts, so a crash or a hang still
+counts; a failed try rests as its ``domain.retry.RetryPolicy`` says, and
+past the policy's last delay the unit is parked in a terminal state with
+its reason. The supervisor (``daemon.supervisor``) owns every worker.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 
+from domain.retry import Backoff
+
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    """Exponential delay: ``first`` seconds, doubling, at most ``ceiling``."""
-
-    first: float = 1.0
-    ceiling: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if attempt < 1:
-            raise ValueError('Argument "attempt" must be at least 1.')
-        return float(min(self.ceiling, self.first * 2 ** (attempt - 1)))
 
 
 class Worker(threading.Thread):

@@ -147,6 +147,11 @@ class Instance(Base):
     # Inference tries so far; a worker holds the instance until lease_until.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Failed occlusion-map tries: resting until map_retry_at, or given up
+    # (tries made, no time set) with the last reason.
+    map_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    map_retry_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    map_error: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     series: Mapped[Series] = relationship()
     study: Mapped[Study] = relationship(back_populates="instances")

@@ -56,13 +56,24 @@ class DatabaseView:
         self.engine = create_engine(url)
 
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Rows:
-        from sqlalchemy import text
-
-        pieces = statement.split("?")
-        named = {f"p{i}": value for i, value in enumerate(parameters)}
-        rebuilt = pieces[0] + "".join(f":p{i}{piece}" for i, piece in enumerate(pieces[1:]))
+        """Read: the rows of ``statement``."""
         with self.engine.connect() as connection:
-            return Rows(tuple(row) for row in connection.execute(text(rebuilt), named))
+            return Rows(tuple(row) for row in connection.execute(*_named(statement, parameters)))
+
+    def write(self, statement: str, parameters: Sequence[Any] = ()) -> None:
+        """Change rows behind the daemon's back (say, while it is stopped), committed."""
+        with self.engine.begin() as connection:
+            connection.execute(*_named(statement, parameters))
+
+
+def _named(statement: str, parameters: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    """``?`` placeholders, as sqlite3 writes them, to SQLAlchemy's named ones."""
+    from sqlalchemy import text
+
+    pieces = statement.split("?")
+    named = {f"p{i}": value for i, value in enumerate(parameters)}
+    rebuilt = pieces[0] + "".join(f":p{i}{piece}" for i, piece in enumerate(pieces[1:]))
+    return text(rebuilt), named
 
 
 # Set by conftest.py when the suite runs against PostgreSQL.

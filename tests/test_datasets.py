@@ -33,7 +33,7 @@ def test_unreadable_name_is_an_error() -> None:
 
 @pytest.fixture(scope="module")
 def cxr_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_jpeg_dataset("cxr", tmp_path_factory.mktemp("cxr"), 30, seed=3)
+    return write_jpeg_dataset("cxr", tmp_path_factory.mktemp("cxr"), 12, seed=3)
 
 
 def test_phantom_layout_matches_the_paper(cxr_phantoms: Path) -> None:

@@ -52,7 +52,7 @@ def test_a_child_decodes_what_this_process_would(phantom: Path) -> None:
 
 @pytest.mark.parametrize("fault", [_crash, _hang], ids=["crash", "hang"])
 def test_a_crash_or_hang_ends_the_child_not_the_caller(phantom: Path, fault: object) -> None:
-    decoder = IsolatedDecoder(timeout_seconds=5)
+    decoder = IsolatedDecoder(timeout_seconds=3)
     try:
         with pytest.raises(DecoderCrashed):
             decoder.run(fault)  # type: ignore[arg-type]
@@ -92,7 +92,7 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
     import queue
 
     from daemon.config import Settings
-    from daemon.pipeline import MAX_ATTEMPTS, TriagePipeline
+    from daemon.pipeline import TRIAGE_RETRY, TriagePipeline
     from daemon.runtime import CurrentRuntime, Runtime
     from domain.triage import TriageModality
     from model_runtime.classifier import Classifier
@@ -114,7 +114,7 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
         decoder=decoder,
     )
     try:
-        for _ in range(MAX_ATTEMPTS + 1):
+        for _ in range(TRIAGE_RETRY.max_attempts + 1):
             for instance_id in ids:
                 pipeline.process(instance_id)
                 with sessions() as session, session.begin():  # as if its lease had run out
@@ -127,6 +127,6 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
         bad, good = (session.get_one(Instance, i) for i in ids)
         assert good.state == InstanceState.TRIAGED
         assert bad.state == InstanceState.FAILED
-        assert f"Given up after {MAX_ATTEMPTS} attempts" in bad.error
+        assert f"Given up after {TRIAGE_RETRY.max_attempts} attempts" in bad.error
         assert "The decoder process died" in bad.error
-        assert bad.attempts == MAX_ATTEMPTS + 1
+        assert bad.attempts == TRIAGE_RETRY.max_attempts + 1

@@ -19,8 +19,8 @@ from daemon.delivery import BREAKER_FAILURES, CircuitBreaker, Deliverer, Deliver
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime
 from daemon.supervisor import Supervisor
-from daemon.worker import Backoff
 from domain.errors import DeliveryError
+from domain.retry import Backoff
 from storage.models import Delivery, DeliveryState
 from tests.records import store_triaged
 from tests.traffic import plan_studies

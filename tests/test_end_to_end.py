@@ -125,10 +125,17 @@ def test_scanner_to_pacs_and_worklist(
         assert rows == {t["study_instance_uid"]: t["label"] for t in studies.values()}
         states = database.execute("select distinct state from instances").fetchall()
         assert states == [("triaged",)]
-        delivered = database.execute(
+        # Orthanc holds each SR before the daemon commits its delivery's outcome.
+        delivered_query = (
             "select count(*) from deliveries where state = 'delivered' and report_fk is not null"
-        ).fetchone()
-        assert delivered == (len(studies),)
+        )
+        deadline = time.monotonic() + 30
+        while (
+            database.execute(delivered_query).fetchone() != (len(studies),)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert database.execute(delivered_query).fetchone() == (len(studies),), daemon.log
 
         urgent = {
             t["study_instance_uid"]

@@ -116,7 +116,8 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
     tmp_path: Path, model_dirs: dict[str, Path]
 ) -> None:
     """A map that keeps failing rests between tries, so with a queue of one
-    the next image still gets its map; the failure is logged once, not every poll."""
+    the next image still gets its map; the failure is logged once, not every
+    poll, and a restart neither forgets the rest nor tries it again early."""
     files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=71).rglob("*.dcm"))
     daemon = TriageDaemon(tmp_path / "state", model_dirs, TRIAGE_OCCLUSION_ENABLED="false")
     daemon.report_and_stop(files)
@@ -150,6 +151,32 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
     failures = [line for line in daemon.lines if f"map of instance {damaged_id} failed" in line]
     assert len(failures) == 1, daemon.log
     assert "(try 1); next try in 60 s" in failures[0]
+
+    # After a restart the healthy image needs its map again: once that map is
+    # made, the poller has been through the images in id order, past the
+    # damaged one, which must still be resting.
+    database.write("delete from occlusion_maps where instance_fk = ?", (healthy_id,))
+    daemon.lines.clear()
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        made = []
+        while time.monotonic() < deadline and not made:
+            time.sleep(0.5)
+            made = database.execute(
+                "select instance_fk from occlusion_maps where instance_fk = ?", (healthy_id,)
+            ).fetchall()
+        assert made, daemon.log
+        status = json.loads(daemon.triage("status", "--json").stdout)["status"]
+        assert status["occlusion"] == {"queued": 0, "retrying": 1, "given_up": 0}
+    finally:
+        assert daemon.stop() == 0, daemon.log
+    retried = [line for line in daemon.lines if f"map of instance {damaged_id}" in line]
+    assert retried == [], daemon.log
+    assert database.execute(
+        "select map_attempts, map_error like 'InferenceError%' from instances where id = ?",
+        (damaged_id,),
+    ).fetchone() == (1, 1)
     assert database.execute(
         "select count(*) from occlusion_maps where instance_fk = ?", (damaged_id,)
     ).fetchone() == (0,)

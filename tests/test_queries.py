@@ -8,6 +8,7 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
+from domain.retry import RetryPolicy
 from storage import queries
 from storage.models import Delivery, DeliveryState, Instance, InstanceState, Study, StudyState
 from tests.records import classification, store_received, store_triaged
@@ -82,14 +83,14 @@ def test_a_study_whose_report_keeps_failing_rests_then_is_parked(
     (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
     study_id = store_triaged(sqlite_sessions, study.images[0].path)
     with sqlite_sessions() as session, session.begin():
-        delay = queries.report_failed(session, study_id, "boom", 2, lambda n: 30.0 * n)
+        delay = queries.report_failed(session, study_id, "boom", RetryPolicy((30.0,)))
         assert delay == 30.0
         # Resting: not ready again until its retry time.
         assert queries.studies_ready_to_report(session, 0) == []
     with sqlite_sessions() as session, session.begin():
-        assert queries.report_failed(session, study_id, "boom again", 2, lambda n: 30.0) is None
+        assert queries.report_failed(session, study_id, "again", RetryPolicy((30.0,))) is None
         parked = session.get_one(Study, study_id)
-        assert parked.state == StudyState.REPORT_FAILED and parked.report_error == "boom again"
+        assert parked.state == StudyState.REPORT_FAILED and parked.report_error == "again"
         assert queries.work_counts(session)["studies_report_failed"] == 1
 
 
@@ -115,12 +116,12 @@ def test_a_delivery_retries_on_its_schedule_then_is_dead_lettered_and_retried(
     tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:
     delivery_id = _queued_report(tmp_path, oct_phantoms, sqlite_sessions)
-    delays = (60.0,)
+    policy = RetryPolicy((60.0,))
     with sqlite_sessions() as session, session.begin():
         delivery = queries.lease_delivery(session, delivery_id, 120)
         assert delivery is not None and delivery.attempts == 1
         assert queries.lease_delivery(session, delivery_id, 120) is None  # held
-        assert queries.record_delivery_outcome(session, delivery, "refused", delays) == 60.0
+        assert queries.record_delivery_outcome(session, delivery, "refused", policy) == 60.0
     with sqlite_sessions() as session, session.begin():
         assert queries.due_deliveries(session, PACS) == []  # waits its minute
         delivery = session.get_one(Delivery, delivery_id)
@@ -128,7 +129,7 @@ def test_a_delivery_retries_on_its_schedule_then_is_dead_lettered_and_retried(
     with sqlite_sessions() as session, session.begin():
         delivery = queries.lease_delivery(session, delivery_id, 120)
         assert delivery is not None and delivery.attempts == 2
-        assert queries.record_delivery_outcome(session, delivery, "refused", delays) is None
+        assert queries.record_delivery_outcome(session, delivery, "refused", policy) is None
     with sqlite_sessions() as session, session.begin():
         assert session.get_one(Delivery, delivery_id).state == DeliveryState.FAILED
         assert queries.delivery_counts(session) == (0, 1)
@@ -136,7 +137,7 @@ def test_a_delivery_retries_on_its_schedule_then_is_dead_lettered_and_retried(
     with sqlite_sessions() as session, session.begin():
         delivery = queries.lease_delivery(session, delivery_id, 120)
         assert delivery is not None and delivery.attempts == 1
-        assert queries.record_delivery_outcome(session, delivery, None, delays) is None
+        assert queries.record_delivery_outcome(session, delivery, None, policy) is None
         assert delivery.state == DeliveryState.DELIVERED and delivery.last_error == ""
     with sqlite_sessions() as session:
         assert queries.delivery_counts(session) == (0, 0)
@@ -161,3 +162,36 @@ def test_a_result_decides_its_study_and_a_replaced_copy_is_triaged_again(
         assert instance.state == InstanceState.RECEIVED and instance.result is None
         assert instance.sha256 == "1" * 64
         assert queries.pending_instance_ids(session, 10) == [instance.id]
+
+
+def test_a_failed_map_rests_then_is_given_up_and_a_new_copy_starts_again(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    path = study.images[0].path
+    study_id = store_triaged(sqlite_sessions, path)  # CNV: urgent
+    with sqlite_sessions() as session, session.begin():
+        revision = session.get_one(Study, study_id).revision
+        assert queries.commit_report_state(session, study_id, revision, StudyState.REPORTED)
+        (instance_id,) = queries.instances_needing_maps(session, ["urgent"], 10)
+        assert queries.instances_needing_maps(session, ["urgent"], 10, exclude={instance_id}) == []
+        assert queries.instances_needing_maps(session, ["routine"], 10) == []
+
+    policy = RetryPolicy((60.0,))
+    with sqlite_sessions() as session, session.begin():
+        assert queries.map_failed(session, instance_id, "OSError: gone", policy) == (1, 60.0)
+        assert queries.instances_needing_maps(session, ["urgent"], 10) == []  # resting
+        assert queries.map_counts(session) == {"maps_retrying": 1, "maps_given_up": 0}
+        instance = session.get_one(Instance, instance_id)
+        instance.map_retry_at = queries.database_now(session) - dt.timedelta(seconds=1)
+    with sqlite_sessions() as session, session.begin():
+        assert queries.instances_needing_maps(session, ["urgent"], 10) == [instance_id]
+        assert queries.map_failed(session, instance_id, "OSError: gone", policy) == (2, None)
+    with sqlite_sessions() as session, session.begin():
+        assert queries.instances_needing_maps(session, ["urgent"], 10) == []  # given up
+        assert queries.map_counts(session) == {"maps_retrying": 0, "maps_given_up": 1}
+        assert session.get_one(Instance, instance_id).map_error == "OSError: gone"
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        queries.replace_instance(session, uid, path=str(path))
+    with sqlite_sessions() as session:
+        assert queries.map_counts(session) == {"maps_retrying": 0, "maps_given_up": 0}

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Destination, Settings, StudySettings
-from daemon.reporting import MAX_REPORT_ATTEMPTS, ReportBuilder
+from daemon.reporting import REPORT_RETRY, ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime
 from storage import queries
 from storage.models import Report, Study, StudyState
@@ -120,7 +120,7 @@ def test_a_study_whose_report_fails_is_parked_and_others_go_on(
     broken.images[0].path.unlink()  # the spool file is gone (purged, or on another node)
     builder = _builder(sqlite_sessions)
 
-    for attempt in range(1, MAX_REPORT_ATTEMPTS + 1):
+    for attempt in range(1, REPORT_RETRY.max_attempts + 1):
         builder.tick()
         with sqlite_sessions() as session, session.begin():
             study = session.get_one(Study, broken_id)

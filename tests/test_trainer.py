@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from domain.errors import TriageError
-from trainer.backbones import BACKBONES, build_base
-from trainer.export import parity
-from trainer.train import BASE_WEIGHTS_FILE, TrainOptions, train
+
+# The trainer's tests train; TensorFlow is imported inside them, so that
+# collecting the fast suite does not load it.
+pytestmark = pytest.mark.trained
 
 
 @pytest.mark.parametrize("modality", ["oct", "cxr"])
@@ -44,6 +45,8 @@ def test_small_backbone_from_scratch_learns_phantoms(
 
 
 def _weights(path: Path) -> list[np.ndarray]:
+    from trainer.backbones import BACKBONES, build_base
+
     base = build_base(BACKBONES["small_cnn"], str(path))
     return [np.asarray(w) for w in base.get_weights()]
 
@@ -51,6 +54,8 @@ def _weights(path: Path) -> list[np.ndarray]:
 def test_frozen_base_cached_bottlenecks_and_seed(
     model_dirs: dict[str, Path], phantom_training_data: Path, tmp_path: Path
 ) -> None:
+    from trainer.train import BASE_WEIGHTS_FILE, TrainOptions, train
+
     base_weights = model_dirs["oct"] / BASE_WEIGHTS_FILE
     options = TrainOptions(
         modality="oct",
@@ -97,7 +102,7 @@ def test_parity_refuses_a_disagreeing_export(model_dirs: dict[str, Path]) -> Non
     import keras
 
     from model_runtime.package import Manifest
-    from trainer.export import to_onnx
+    from trainer.export import parity, to_onnx
 
     manifest = Manifest.from_json((model_dirs["cxr"] / "manifest.json").read_text())
     spec = manifest.input

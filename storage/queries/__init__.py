@@ -49,7 +49,12 @@ from storage.queries.instances import (
     replace_instance,
     work_counts,
 )
-from storage.queries.occlusion_maps import delete_occlusion_maps, instances_needing_maps
+from storage.queries.occlusion_maps import (
+    delete_occlusion_maps,
+    instances_needing_maps,
+    map_counts,
+    map_failed,
+)
 from storage.queries.reports import add_report, latest_report
 from storage.queries.retention import Purge, purge_studies
 from storage.queries.studies import (
@@ -85,6 +90,8 @@ __all__ = [
     "lease_instance",
     "lease_row",
     "leased_instance",
+    "map_counts",
+    "map_failed",
     "mark_instance",
     "outbox",
     "pending_destinations",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased
 
+from domain.retry import RetryPolicy
 from storage.models import (
     Delivery,
     DeliveryState,
@@ -71,12 +72,12 @@ def lease_delivery(session: Session, delivery_id: int, lease_seconds: float) -> 
 
 
 def record_delivery_outcome(
-    session: Session, delivery: Delivery, error: str | None, delays: Sequence[float]
+    session: Session, delivery: Delivery, error: str | None, policy: RetryPolicy
 ) -> float | None:
     """Record one attempt's outcome (its attempt was counted when it was leased).
 
-    Delivered, or a failure: then either retried after ``delays[attempts - 1]``
-    seconds (returned) or, past the last delay, dead-lettered (None).
+    Delivered, or a failure: then either retried after the policy's delay
+    (returned) or, past its last one, dead-lettered (None).
     """
     delivery.lease_until = None
     if error is None:
@@ -85,10 +86,10 @@ def record_delivery_outcome(
         delivery.last_error = ""
         return None
     delivery.last_error = error[:2000]
-    if delivery.attempts > len(delays):
+    delay = policy.after_failure(delivery.attempts)
+    if delay is None:
         delivery.state = DeliveryState.FAILED
         return None
-    delay = delays[delivery.attempts - 1]
     delivery.next_attempt_at = database_now(session) + dt.timedelta(seconds=delay)
     return delay
 

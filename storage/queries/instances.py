@@ -54,6 +54,7 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
     instance.error = ""
     instance.attempts = 0
     instance.lease_until = None
+    instance.map_attempts, instance.map_retry_at, instance.map_error = 0, None, ""
     instance.received_at = now
     session.flush()
     reopen_study(session, instance.study_fk, now)

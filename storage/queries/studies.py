@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.orm import Session
 
+from domain.retry import RetryPolicy
 from domain.triage import Referral
 from storage.models import (
     Instance,
@@ -125,25 +125,23 @@ def report_failed(
     session: Session,
     study_id: int,
     error: str,
-    max_attempts: int,
-    retry_in: Callable[[int], float],
+    policy: RetryPolicy,
 ) -> float | None:
     """Count a failed report of a study and schedule the next try.
 
-    ``retry_in(attempts)`` gives the seconds to wait after that many failures.
-    Returns those seconds, or None when the study is parked (``max_attempts``
-    reached, or it is gone).
+    Returns the seconds it rests, as ``policy`` says, or None when the study
+    is parked (past the policy's last try, or it is gone).
     """
     study = session.get(Study, study_id)
     if study is None:
         return None
     study.report_attempts += 1
     study.report_error = error[:2000]
-    if study.report_attempts >= max_attempts:
+    delay = policy.after_failure(study.report_attempts)
+    if delay is None:
         study.state = StudyState.REPORT_FAILED
         study.retry_at = None
         return None
-    delay = retry_in(study.report_attempts)
     study.retry_at = database_now(session) + dt.timedelta(seconds=delay)
     return delay
 
