@@ -34,9 +34,11 @@ class Supervisor:
         for worker in workers:
             if worker.stop is not self.stop:
                 raise ValueError(f"Worker {worker.name} does not share the supervisor's stop.")
+            # Added and started under the lock that ``workers()`` takes: the
+            # health check never sees a worker that is listed but not running.
             with self._lock:
+                worker.start()
                 self._workers.append(worker)
-            worker.start()
 
     def close_at_exit(self, close: Callable[[], None]) -> None:
         """Call ``close`` after every worker has stopped."""

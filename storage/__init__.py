@@ -1,1 +1,1 @@
-"""Persistence: the SQL schema, its migrations, queries, and model packages."""
+"""Persistence: the SQL schema (``models``), its migrations, and the queries of each aggregate."""

@@ -187,3 +187,34 @@ def test_status_file_in_a_missing_state_directory(tmp_path: Path) -> None:
     assert read_status(target) == {"pid": 1, "updated_at": "2026-01-01T00:00:00+00:00"}
     (tmp_path / "file").write_text("")
     write_status(tmp_path / "file", {})  # cannot write: logged, not raised
+
+
+def test_a_worker_being_started_is_never_judged_dead() -> None:
+    """A delivery worker is started from the dispatcher's thread while the main
+    loop judges health: the judgement must not see it added but not yet running."""
+    import threading
+
+    from daemon.supervisor import Supervisor
+    from daemon.worker import Worker
+
+    class SlowToStart(Worker):
+        def start(self) -> None:
+            started.set()
+            time.sleep(0.5)  # the window between being added and running
+            super().start()
+
+        def tick(self) -> bool:
+            return False
+
+    started = threading.Event()
+    supervisor = Supervisor(threading.Event())
+    starting = threading.Thread(
+        target=supervisor.start, args=(SlowToStart("slow", supervisor.stop),)
+    )
+    starting.start()
+    try:
+        assert started.wait(5)
+        assert supervisor.healthy()
+    finally:
+        starting.join()
+        assert supervisor.drain(5) == []

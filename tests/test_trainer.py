@@ -52,14 +52,18 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 
 def test_frozen_base_cached_bottlenecks_and_seed(
-    model_dirs: dict[str, Path], phantom_training_data: Path, tmp_path: Path
+    model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
+    from phantoms.files import write_jpeg_dataset
     from trainer.train import BASE_WEIGHTS_FILE, TrainOptions, train
 
+    # A small OCT data set of its own: the frozen path, not accuracy, is under test.
+    data = tmp_path / "data"
+    write_jpeg_dataset("oct", data, 20, seed=9)
     base_weights = model_dirs["oct"] / BASE_WEIGHTS_FILE
     options = TrainOptions(
         modality="oct",
-        data=phantom_training_data,
+        data=data,
         out=tmp_path / "first",
         backbone="small_cnn",
         base_weights=str(base_weights),
@@ -68,7 +72,7 @@ def test_frozen_base_cached_bottlenecks_and_seed(
         cache_dir=tmp_path / "cache",
     )
     first = train(options)
-    images = sum(1 for _ in (phantom_training_data / "OCT2017" / "train").rglob("*.jpeg"))
+    images = sum(1 for _ in (data / "OCT2017" / "train").rglob("*.jpeg"))
     assert first.features_computed == images
 
     second = train(TrainOptions(**{**options.__dict__, "out": tmp_path / "second"}))
@@ -86,7 +90,7 @@ def test_frozen_base_cached_bottlenecks_and_seed(
     from model_runtime.classifier import Classifier
     from trainer.bottlenecks import load_batch
 
-    test_images = sorted((phantom_training_data / "OCT2017" / "test").rglob("*.jpeg"))[:24]
+    test_images = sorted((data / "OCT2017" / "test").rglob("*.jpeg"))[:24]
     outputs = []
     for run in (first, second):
         classifier = Classifier(run.package, device="cpu")
