@@ -1,0 +1,218 @@
+"""Ingest: how fast the daemon acknowledges images, next to Orthanc and dcmtk's storescp.
+
+In one run, the same files go to each receiver from ``--senders`` parallel
+``storescu`` processes (one association each), and the acknowledgement rate
+is instances per second from the first association to the last answer.
+Each figure is a ratio to Orthanc's measured in the same run, for
+``bench/README.md``. Run it as root in a loopback-only namespace::
+
+    bash tests/run_in_netns.sh .venv/bin/python -m bench.ingest
+    TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh \\
+        .venv/bin/python -m bench.ingest --database postgresql
+
+The images: phantom OCT volumes (5 B-scans of 256 x 320, 8 bits, 410 KB)
+and phantom chest radiographs enlarged to 2048 x 1920 at 16 bits (7.9 MB),
+each copy with its own UIDs, four images to a study. Every receiver writes
+each instance to disk; only the daemon also fsyncs and commits a database
+row before it answers, and then triages, reports and maps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from phantoms.demo import ensure_models
+from phantoms.files import write_dicom_studies
+from tests import peers
+from tests.peers import Orthanc, TriageDaemon, dcmtk_env, free_port
+from tests.traffic import acknowledged_files
+
+IMAGES_PER_STUDY = 4
+Receiver = Callable[[Path], contextlib.AbstractContextManager[int]]
+
+
+def copies(source: Path, out: Path, count: int, enlarge: int = 1) -> list[Path]:
+    """``count`` copies of ``source`` with fresh UIDs, ``IMAGES_PER_STUDY`` to a study."""
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = dcmread(source)
+    if enlarge > 1:
+        pixels = dataset.pixel_array
+        bigger = np.kron(pixels, np.ones((enlarge, enlarge), dtype=pixels.dtype))
+        dataset.Rows, dataset.Columns = bigger.shape
+        dataset.PixelData = bigger.tobytes()
+    files = []
+    for number in range(count):
+        if number % IMAGES_PER_STUDY == 0:
+            dataset.StudyInstanceUID = generate_uid()
+            dataset.SeriesInstanceUID = generate_uid()
+            dataset.AccessionNumber = f"BENCH{number:06d}"
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.InstanceNumber = number % IMAGES_PER_STUDY + 1
+        path = out / f"{number:05d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def push(files: Sequence[Path], called: str, port: int, senders: int) -> tuple[float, int]:
+    """Send ``files`` over ``senders`` associations at once; (seconds, acknowledged)."""
+    shares = [list(files[i::senders]) for i in range(senders)]
+
+    def send(share: list[Path]) -> int:
+        result = subprocess.run(
+            ["storescu", "-v", "-aet", "SCANNER", "-aec", called, "127.0.0.1", str(port)]
+            + [str(p) for p in share],
+            capture_output=True,
+            text=True,
+            env=dcmtk_env(),
+            timeout=600,
+        )
+        return len(acknowledged_files(result.stdout + result.stderr))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(senders) as pool:
+        acknowledged = sum(pool.map(send, shares))
+    return time.monotonic() - started, acknowledged
+
+
+@contextlib.contextmanager
+def storescp(folder: Path) -> Iterator[int]:
+    """dcmtk's storescp, a process per association, writing every instance to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        ["storescp", "--fork", "-aet", "STORESCP", "-od", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dcmtk_env(),
+    )
+    time.sleep(0.5)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def orthanc(folder: Path) -> Iterator[int]:
+    peer = Orthanc(folder)
+    peer.start()
+    try:
+        yield peer.dicom_port
+    finally:
+        peer.stop()
+
+
+@contextlib.contextmanager
+def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterator[int]:
+    process = TriageDaemon(folder, models, **{"TRIAGE_DICOM_MAX_ASSOCIATIONS": "16", **env})
+    process.start()
+    try:
+        yield process.port
+    finally:
+        process.stop()
+
+
+def measure(
+    name: str,
+    receiver: Receiver,
+    called: str,
+    files: Sequence[Path],
+    senders: int,
+    rounds: int,
+    scratch: Path,
+) -> float:
+    """Median instances/s over ``rounds``, each on a fresh receiver."""
+    rates = []
+    for number in range(rounds):
+        with receiver(scratch / f"{name}-{number}") as port:
+            seconds, acknowledged = push(files, called, port, senders)
+        if acknowledged != len(files):
+            raise RuntimeError(f"{name}: {acknowledged} of {len(files)} acknowledged")
+        rates.append(acknowledged / seconds)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--oct", type=int, default=200, help="OCT volumes per round")
+    parser.add_argument("--cxr", type=int, default=40, help="chest radiographs per round")
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default="var/bench", help="state dir with (or for) models")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for the daemon, e.g. TRIAGE_OCCLUSION_ENABLED=false",
+    )
+    parser.add_argument("--only", choices=["OCT", "CXR"], default=None)
+    args = parser.parse_args()
+
+    models_state = Path(args.models).absolute()
+    ensure_models(models_state)
+    models = {m: models_state / "models" / m for m in ("oct", "cxr")}
+    daemon_env = dict(item.split("=", 1) for item in args.daemon_env)
+    server = None
+    if args.database == "postgresql":
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        peers.DATABASE_FACTORY.append(server.new_database_url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as temporary:
+            scratch = Path(temporary)
+            oct_source = sorted(write_dicom_studies("oct", scratch, 1, seed=5).rglob("*.dcm"))
+            cxr_source = sorted(write_dicom_studies("cxr", scratch, 1, seed=6).rglob("*.dcm"))
+            sets = {
+                "OCT": copies(oct_source[0], scratch / "sent-oct", args.oct),
+                "CXR": copies(cxr_source[0], scratch / "sent-cxr", args.cxr, enlarge=4),
+            }
+            receivers: dict[str, tuple[Receiver, str]] = {
+                "storescp": (storescp, "STORESCP"),
+                "Orthanc": (orthanc, "ORTHANC"),
+                "dicom-triage": (lambda folder: daemon(folder, models, daemon_env), "TRIAGE"),
+            }
+            for kind, files in sets.items():
+                if args.only and kind != args.only:
+                    continue
+                size = files[0].stat().st_size / 1e6
+                rates = {
+                    name: measure(name, make, called, files, args.senders, args.rounds, scratch)
+                    for name, (make, called) in receivers.items()
+                }
+                cells = ", ".join(
+                    f"{name} {rate:.1f}/s ({rate / rates['Orthanc']:.2f}x Orthanc)"
+                    for name, rate in rates.items()
+                )
+                print(
+                    f"{kind} {size:.2f} MB x {len(files)}, {args.senders} senders, "
+                    f"{args.database}{' ' + ' '.join(args.daemon_env) if args.daemon_env else ''}, "
+                    f"median of {args.rounds}: {cells}",
+                    flush=True,
+                )
+    finally:
+        if server is not None:
+            peers.DATABASE_FACTORY.clear()
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
