@@ -362,6 +362,21 @@ def restart_needed(running: Settings, loaded: Settings) -> list[str]:
     return changed
 
 
+def keep_restart_keys(running: Settings, loaded: Settings) -> Settings:
+    """``loaded``, with every restart-only key as it runs now (what a reload applies)."""
+    replaced = {}
+    for name in _sections():
+        before = getattr(running, name)
+        kept = {
+            field.name: getattr(before, field.name)
+            for field in dataclasses.fields(before)
+            if field.metadata.get("restart")
+        }
+        if kept:
+            replaced[name] = dataclasses.replace(getattr(loaded, name), **kept)
+    return dataclasses.replace(loaded, **replaced)
+
+
 def restart_only_keys() -> list[str]:
     """Every key that a reload cannot change (for the documentation's test)."""
     return [

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from daemon.config import Settings, load_settings, restart_needed
+from daemon.config import Settings, keep_restart_keys, load_settings, restart_needed
 from domain.errors import TriageError
 from domain.triage import TriageModality
 from model_runtime.classifier import Classifier
@@ -72,23 +72,6 @@ def load_classifiers(settings: Settings) -> Mapping[TriageModality, Classifier]:
 
 def load_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, load_classifiers(settings))
-
-
-def keep_restart_keys(running: Settings, loaded: Settings) -> Settings:
-    """``loaded`` with every restart-only section and key as it runs now."""
-    replaced = {}
-    for field in dataclasses.fields(Settings):
-        before, after = getattr(running, field.name), getattr(loaded, field.name)
-        if not dataclasses.is_dataclass(before) or isinstance(before, type):
-            continue
-        kept = {
-            key.name: getattr(before, key.name)
-            for key in dataclasses.fields(before)
-            if key.metadata.get("restart")
-        }
-        if kept:
-            replaced[field.name] = dataclasses.replace(after, **kept)
-    return dataclasses.replace(loaded, **replaced)
 
 
 def reload_runtime(config_path: Path | None, running: Runtime) -> Runtime:

@@ -111,6 +111,15 @@ def test_a_map_peak_outside_every_lesion_is_not_counted() -> None:
     assert peak_in_lesion(result, 128, 128, [(0, 0, 60, 60), (95, 95, 99, 99)])
 
 
+def _wait_for_map(daemon: TriageDaemon, instance_id: int) -> None:
+    database = daemon.database()
+    query = "select instance_fk from occlusion_maps where instance_fk = ?"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not database.execute(query, (instance_id,)):
+        time.sleep(0.5)
+    assert database.execute(query, (instance_id,)), daemon.log
+
+
 @pytest.mark.network
 def test_a_damaged_image_does_not_hold_up_other_maps(
     tmp_path: Path, model_dirs: dict[str, Path]
@@ -134,15 +143,11 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
     daemon.lines.clear()
     daemon.start()
     try:
-        deadline = time.monotonic() + 60
-        made: list[tuple[int]] = []
-        while time.monotonic() < deadline and not made:
-            time.sleep(0.5)
-            made = database.execute(
-                "select instance_fk from occlusion_maps where instance_fk = ?", (healthy_id,)
-            ).fetchall()
-        assert made, daemon.log
-        time.sleep(3)  # several more polls
+        _wait_for_map(daemon, healthy_id)
+        # Once more: when the healthy image's map has been made again, the
+        # poller has passed the resting damaged one again.
+        database.write("delete from occlusion_maps where instance_fk = ?", (healthy_id,))
+        _wait_for_map(daemon, healthy_id)
         status = json.loads(daemon.triage("status", "--json").stdout)["status"]
         assert status["occlusion"] == {"queued": 0, "retrying": 1, "given_up": 0}
         assert "failed and waiting to retry 1" in daemon.triage("status").stdout
@@ -159,14 +164,7 @@ def test_a_damaged_image_does_not_hold_up_other_maps(
     daemon.lines.clear()
     daemon.start()
     try:
-        deadline = time.monotonic() + 60
-        made = []
-        while time.monotonic() < deadline and not made:
-            time.sleep(0.5)
-            made = database.execute(
-                "select instance_fk from occlusion_maps where instance_fk = ?", (healthy_id,)
-            ).fetchall()
-        assert made, daemon.log
+        _wait_for_map(daemon, healthy_id)
         status = json.loads(daemon.triage("status", "--json").stdout)["status"]
         assert status["occlusion"] == {"queued": 0, "retrying": 1, "given_up": 0}
     finally:

@@ -14,11 +14,12 @@ from daemon.config import (
     OcclusionSettings,
     Settings,
     StudySettings,
+    keep_restart_keys,
     load_settings,
     restart_needed,
     restart_only_keys,
 )
-from daemon.runtime import CurrentRuntime, Runtime, keep_restart_keys, reload_runtime
+from daemon.runtime import CurrentRuntime, Runtime, reload_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
