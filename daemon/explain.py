@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -133,10 +134,14 @@ class Explainer:
         sessions: sessionmaker[Session],
         stop: threading.Event,
         poll_seconds: float = 1.0,
+        triage_backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         # The queue and the threads are sized once (restart-only settings).
         settings = runtime.current().settings
         self.runtime = runtime
+        # Images waiting for triage: while there are any, no map starts, so
+        # that maps use only the capacity triage leaves.
+        self.triage_backlog = triage_backlog
         self.sessions = sessions
         self.stop = stop
         self.poll_seconds = poll_seconds
@@ -174,7 +179,14 @@ class Explainer:
         return False  # the poller waits a round between polls, whatever it found
 
     def work_one(self) -> bool:
-        """Make the map of one queued image; True if there was one."""
+        """Make the map of one queued image; True if there was one.
+
+        Triage goes first: while images wait for it, no map starts.
+        """
+        if self.triage_backlog() > 0:
+            metrics.OCCLUSION_YIELDING.set(1)
+            return False
+        metrics.OCCLUSION_YIELDING.set(0)
         try:
             instance_id = self.work.get(timeout=self.poll_seconds)
         except queue.Empty:

@@ -132,6 +132,8 @@ def status_snapshot(
 def publish_metrics(snapshot: dict[str, Any]) -> None:
     """The gauges the status file also shows."""
     metrics.QUEUE_DEPTH.set(snapshot["queue_depth"])
+    if snapshot.get("occlusion"):
+        metrics.OCCLUSION_QUEUED.set(snapshot["occlusion"]["queued"])
     if snapshot["database"] == "ok":
         metrics.OUTBOX_PENDING.set(snapshot["outbox_pending"])
         metrics.DEAD_LETTERS.set(snapshot["dead_letters"])

@@ -280,7 +280,7 @@ def _run(
     supervisor.close_at_exit(pipeline.decoder.close)
     explainer = None
     if settings.occlusion.enabled:
-        explainer = Explainer(runtime, sessions, supervisor.stop)
+        explainer = Explainer(runtime, sessions, supervisor.stop, triage_backlog=work.qsize)
         supervisor.start(*explainer.workers())
         supervisor.close_at_exit(explainer.decoder.close)
     host, port = server.server_address[:2]

@@ -21,6 +21,10 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 OCCLUSION_MAPS = Counter("triage_occlusion_maps", "Occlusion maps made or failed", ["outcome"])
+OCCLUSION_QUEUED = Gauge("triage_occlusion_queued", "Occlusion maps waiting to be made")
+OCCLUSION_YIELDING = Gauge(
+    "triage_occlusion_yielding", "1 while occlusion maps wait for triage to catch up"
+)
 OBJECTS_SENT = Counter("triage_objects_sent", "Reports and maps delivered", ["kind"])
 OBJECTS_FAILED = Counter("triage_objects_failed", "Delivery attempts that failed", ["kind"])
 QUEUE_DEPTH = Gauge("triage_queue_depth", "Instances waiting in the inference queue")

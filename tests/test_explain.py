@@ -62,3 +62,35 @@ def test_a_map_is_made_and_a_damaged_image_rests_without_holding_up_the_next(
         bad = session.get_one(Instance, damaged_id)
         assert bad.map_attempts == 1 and bad.map_retry_at is not None and bad.map_error
         assert queries.map_counts(session) == {"maps_retrying": 1, "maps_given_up": 0}
+
+
+def test_maps_wait_while_images_wait_for_triage(
+    tmp_path: Path,
+    oct_phantoms: list[Path],
+    sqlite_sessions: sessionmaker[Session],
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    instance_id = _reported(sqlite_sessions, study.images[0].path)
+    waiting_for_triage = [3]
+    classifier = Classifier(tiny_model_dirs["oct"], "cpu")
+    runtime = CurrentRuntime(Runtime(Settings(), {TriageModality.OCT: classifier}))
+    explainer = Explainer(
+        runtime,
+        sqlite_sessions,
+        threading.Event(),
+        poll_seconds=0.1,
+        triage_backlog=lambda: waiting_for_triage[0],
+    )
+    try:
+        explainer.poll()
+        assert explainer.queued() == 1
+        assert explainer.work_one() is False  # triage first: the map waits, queued
+        assert explainer.queued() == 1
+        waiting_for_triage[0] = 0
+        assert explainer.work_one() is True
+    finally:
+        explainer.decoder.close()
+    with sqlite_sessions() as session:
+        (record,) = session.scalars(select(OcclusionMapRecord))
+        assert record.instance_fk == instance_id
