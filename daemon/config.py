@@ -8,6 +8,7 @@ Values are validated once, here; a bad value is an error, never coerced.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -186,8 +187,9 @@ class DeliverySettings(Section):
     # last one the delivery is dead-lettered (state "failed").
     retry_schedule: str = "5x1m,12x5m,24x1h"
 
-    @property
+    @functools.cached_property
     def delays(self) -> tuple[float, ...]:
+        # Parsed once per settings object, not at every delivery outcome.
         return parse_retry_schedule(self.retry_schedule)
 
     @property

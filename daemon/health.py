@@ -83,7 +83,7 @@ def judge(snapshot: dict[str, Any] | None) -> tuple[bool, list[str]]:
     return not problems, problems
 
 
-def work_counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
+def database_counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
     """Outbox and parked work from the database; an outage is reported, not raised."""
     try:
         with sessions() as session:
@@ -106,7 +106,7 @@ def status_snapshot(
 
     ``maps_queued`` is None when occlusion maps are off.
     """
-    counts = work_counts(sessions)
+    counts = database_counts(sessions)
     occlusion = None
     if maps_queued is not None:
         occlusion = {

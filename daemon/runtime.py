@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -35,18 +34,17 @@ class Runtime:
 
 
 class CurrentRuntime:
-    """The snapshot in force. Reading it is one attribute load, so never torn."""
+    """The snapshot in force. Reading and replacing it are one attribute access
+    each, so a reader never sees half of a reload; only the main loop replaces it."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._swap = threading.Lock()
 
     def current(self) -> Runtime:
         return self._runtime
 
     def replace(self, runtime: Runtime) -> None:
-        with self._swap:
-            self._runtime = runtime
+        self._runtime = runtime
 
 
 def load_classifiers(settings: Settings) -> Mapping[TriageModality, Classifier]:

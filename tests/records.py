@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from domain.triage import Classification, Referral
 from storage import queries
-from storage.models import Instance
+from storage.models import Instance, Study, StudyState
 
 
 def classification() -> Classification:
@@ -40,6 +40,18 @@ def store_received(sessions: sessionmaker[Session], path: Path) -> int:
             sha256="0" * 64,
             calling_ae_title="SCANNER",
         ).id
+
+
+def store_reported(sessions: sessionmaker[Session], path: Path) -> int:
+    """Record one triaged image whose study is reported, as the report builder
+    leaves it; the image's instance id."""
+    study_id = store_triaged(sessions, path)
+    with sessions() as session, session.begin():
+        study = session.get_one(Study, study_id)
+        if not queries.commit_report_state(session, study_id, study.revision, StudyState.REPORTED):
+            raise AssertionError(f"study {study_id} could not be reported")
+        (instance,) = study.instances
+        return instance.id
 
 
 def store_triaged(sessions: sessionmaker[Session], path: Path) -> int:

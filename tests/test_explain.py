@@ -16,18 +16,9 @@ from daemon.runtime import CurrentRuntime, Runtime
 from domain.triage import TriageModality
 from model_runtime.classifier import Classifier
 from storage import queries
-from storage.models import Instance, OcclusionMapRecord, Study, StudyState
-from tests.records import store_triaged
+from storage.models import Instance, OcclusionMapRecord
+from tests.records import store_reported
 from tests.traffic import plan_studies
-
-
-def _reported(sessions: sessionmaker[Session], path: Path) -> int:
-    study_id = store_triaged(sessions, path)  # CNV: urgent
-    with sessions() as session, session.begin():
-        revision = session.get_one(Study, study_id).revision
-        assert queries.commit_report_state(session, study_id, revision, StudyState.REPORTED)
-        instance = session.scalars(select(Instance).where(Instance.study_fk == study_id)).one()
-        return instance.id
 
 
 def test_a_map_is_made_and_a_damaged_image_rests_without_holding_up_the_next(
@@ -37,8 +28,8 @@ def test_a_map_is_made_and_a_damaged_image_rests_without_holding_up_the_next(
     tiny_model_dirs: dict[str, Path],
 ) -> None:
     damaged, healthy = plan_studies(oct_phantoms, tmp_path / "s", studies=2, images_per_study=1)
-    damaged_id = _reported(sqlite_sessions, damaged.images[0].path)
-    healthy_id = _reported(sqlite_sessions, healthy.images[0].path)
+    damaged_id = store_reported(sqlite_sessions, damaged.images[0].path)
+    healthy_id = store_reported(sqlite_sessions, healthy.images[0].path)
     path = damaged.images[0].path
     path.write_bytes(path.read_bytes()[:300])
 
@@ -71,7 +62,7 @@ def test_maps_wait_while_images_wait_for_triage(
     tiny_model_dirs: dict[str, Path],
 ) -> None:
     (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
-    instance_id = _reported(sqlite_sessions, study.images[0].path)
+    instance_id = store_reported(sqlite_sessions, study.images[0].path)
     waiting_for_triage = [3]
     classifier = Classifier(tiny_model_dirs["oct"], "cpu")
     runtime = CurrentRuntime(Runtime(Settings(), {TriageModality.OCT: classifier}))

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain.retry import RetryPolicy
 from storage import queries
 from storage.models import Delivery, DeliveryState, Instance, InstanceState, Study, StudyState
-from tests.records import classification, store_received, store_triaged
+from tests.records import classification, store_received, store_reported, store_triaged
 from tests.traffic import plan_studies
 
 PACS = ("PACS", "127.0.0.1", 104)
@@ -169,11 +169,10 @@ def test_a_failed_map_rests_then_is_given_up_and_a_new_copy_starts_again(
 ) -> None:
     (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
     path = study.images[0].path
-    study_id = store_triaged(sqlite_sessions, path)  # CNV: urgent
+    reported_id = store_reported(sqlite_sessions, path)  # CNV: urgent
     with sqlite_sessions() as session, session.begin():
-        revision = session.get_one(Study, study_id).revision
-        assert queries.commit_report_state(session, study_id, revision, StudyState.REPORTED)
         (instance_id,) = queries.instances_needing_maps(session, ["urgent"], 10)
+        assert instance_id == reported_id
         assert queries.instances_needing_maps(session, ["urgent"], 10, exclude={instance_id}) == []
         assert queries.instances_needing_maps(session, ["routine"], 10) == []
 

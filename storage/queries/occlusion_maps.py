@@ -81,8 +81,12 @@ def map_failed(
 
 def map_counts(session: Session) -> dict[str, int]:
     """Maps that failed and wait to be tried again, and maps given up."""
-    failed = select(func.count()).where(Instance.map_attempts > 0, ~_has_map())
-    return {
-        "maps_retrying": int(session.scalar(failed.where(Instance.map_retry_at.is_not(None))) or 0),
-        "maps_given_up": int(session.scalar(failed.where(Instance.map_retry_at.is_(None))) or 0),
-    }
+    given_up = Instance.map_retry_at.is_(None)
+    rows = dict(
+        session.execute(
+            select(given_up, func.count())
+            .where(Instance.map_attempts > 0, ~_has_map())
+            .group_by(given_up)
+        ).all()
+    )
+    return {"maps_retrying": int(rows.get(False, 0)), "maps_given_up": int(rows.get(True, 0))}
