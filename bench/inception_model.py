@@ -21,8 +21,8 @@ SIZE = 299
 CLASSES = 4
 
 
-def random_inception_v3(device: str) -> tuple[ort.InferenceSession, str]:
-    """(session, provider) on the best provider ``device`` allows."""
+def save_random_inception_v3(path: Path) -> Path:
+    """Write the random-weights InceptionV3 as an ONNX file at ``path``."""
     import keras
     import tensorflow as tf
     import tf2onnx
@@ -37,9 +37,14 @@ def random_inception_v3(device: str) -> tuple[ort.InferenceSession, str]:
         input_signature=(tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="image"),),
         opset=15,
     )
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def random_inception_v3(device: str) -> tuple[ort.InferenceSession, str]:
+    """(session, provider) on the best provider ``device`` allows."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "inception_v3.onnx"
-        path.write_bytes(proto.SerializeToString())
+        path = save_random_inception_v3(Path(folder) / "inception_v3.onnx")
         return create_session(path, device)
 
 

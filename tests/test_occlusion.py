@@ -67,6 +67,31 @@ def test_fast_mode_matches_stride_one(
     assert exact.values[fast_row, fast_col] >= 0.9 * exact.values.max()
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 5000])
+def test_every_batch_size_gives_the_drops_of_a_fresh_copy_per_box(batch_size: int) -> None:
+    """The batch buffer is reused (old boxes repainted): no box may leak into
+    the next image in its slot, whatever the batch size or remainder."""
+    from model_runtime.occlusion import _drops
+
+    rng = np.random.default_rng(11)
+    image = rng.random((24, 20, 3)).astype(np.float32)
+    weights = rng.normal(size=image.shape).astype(np.float32)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        # Every pixel counts, so any leftover box changes the result.
+        score = (batch * weights).sum(axis=(1, 2, 3))
+        return np.stack([score, -score], axis=1)
+
+    fill = image.reshape(-1, 3).mean(axis=0)
+    origins = [(y, x) for y in range(0, 19) for x in range(0, 15, 2)]
+    base = float(predict(image[None])[0, 0])
+    got = _drops(predict, image, origins, 6, fill, 0, base, batch_size)
+    for y, x in origins:
+        copy = image.copy()
+        copy[y : y + 6, x : x + 6, :] = fill
+        assert got[(y, x)] == pytest.approx(base - float(predict(copy[None])[0, 0]), abs=1e-3)
+
+
 def test_accumulation_matches_a_plain_loop() -> None:
     from model_runtime.occlusion import _accumulate
 
