@@ -248,6 +248,7 @@ def inception(
             f"({rate * input_bytes / 1e9 / PCIE_GEN5_X16_GBPS:.0%} of PCIe Gen5 x16)"
         )
     sessions: dict[str, Predict] = {"fp32": bound(fp32, provider, CLASSES)}
+    sweeps = {"fp32": rates32["bound"]}
     if report.left() > 60:
         fp16_path = to_fp16(fp32_path, payload / "inception_v3_fp16.onnx")
         fp16, provider16 = create_session(fp16_path, device)
@@ -264,6 +265,7 @@ def inception(
         )
         report.record("inception_fp16_images_per_second", rates16)
         sessions["fp16"] = bound(fp16, provider16, CLASSES)
+        sweeps["fp16"] = rates16["bound fp16"]
         images = np.random.default_rng(1).random((64, *shape), dtype=np.float32)
         a, b = sessions["fp32"](images), sessions["fp16"](images)
         difference = float(np.abs(a - b).mean())
@@ -271,7 +273,7 @@ def inception(
             f"  fp16 vs fp32 on 64 random images: mean |dp| {difference:.2e} (random weights)"
         )
         report.record("inception_fp16_mean_abs_difference", difference)
-    return {"macs": macs, "provider": provider, "predictors": sessions, "rates": rates32}
+    return {"macs": macs, "provider": provider, "predictors": sessions, "sweeps": sweeps}
 
 
 def occlusion(report: Report, model: dict[str, Any], occlusion_batch: int) -> None:
@@ -298,7 +300,10 @@ def occlusion(report: Report, model: dict[str, Any], occlusion_batch: int) -> No
             passes = (
                 stride1 // 20 if mode == "fast" else len(grid_positions(SIZE, BOX, stride)) ** 2
             )
-            rate = results.get(f"{precision} grid 20", {}).get("passes_per_second")
+            # The sweep's rate at this batch size: the stride-20 map is too short
+            # to say (its remainder batch is a new shape, with its own search
+            # for convolution algorithms).
+            rate = model["sweeps"][precision].get(occlusion_batch)
             if rate and passes / rate > report.left() - 10:
                 report.say(
                     f"{precision:<10}{mode + ' ' + str(stride):<10}{passes:>8}"
@@ -374,6 +379,45 @@ def small_models(
         )
 
 
+# CUDA provider options worth knowing the price of (ONNX Runtime's CUDA EP
+# documentation): NHWC kernels suit tensor cores; a larger cuDNN workspace
+# allows faster algorithms; a CUDA graph replays a whole run in one launch
+# (it needs I/O binding at fixed addresses, which DeviceBinding keeps).
+PROVIDER_VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "prefer_nhwc": {"prefer_nhwc": "1"},
+    "max workspace": {"cudnn_conv_use_max_workspace": "1"},
+    "nhwc+workspace": {"prefer_nhwc": "1", "cudnn_conv_use_max_workspace": "1"},
+    "nhwc+graph": {"prefer_nhwc": "1", "enable_cuda_graph": "1"},
+}
+
+
+def provider_options(report: Report, payload: Path, batch_size: int, seconds: float) -> None:
+    """InceptionV3 images/s at one batch size under each CUDA provider variant."""
+    report.say(f"\nInceptionV3 CUDA provider options, batch {batch_size}, I/O binding (img/s)")
+    batch = np.random.default_rng(5).random((batch_size, SIZE, SIZE, 3), dtype=np.float32)
+    figures: dict[str, dict[str, float | str]] = {}
+    for precision in ("fp32", "fp16"):
+        name = "inception_v3.onnx" if precision == "fp32" else "inception_v3_fp16.onnx"
+        for variant, options in PROVIDER_VARIANTS.items():
+            if report.left() < 25:
+                report.say(f"  {precision} {variant}: skipped, budget spent")
+                continue
+            try:
+                session = ort.InferenceSession(
+                    str(payload / name), providers=[(CUDA, options), "CPUExecutionProvider"]
+                )
+                rate: float | str = images_per_second(
+                    bound(session, session.get_providers()[0], CLASSES), batch, seconds
+                )
+                line = f"{rate:.1f}"
+            except Exception as exc:  # a variant this build refuses is a finding
+                rate = line = f"failed: {str(exc).splitlines()[0][:120]}"
+            figures.setdefault(precision, {})[variant] = rate
+            report.say(f"  {precision:<5}{variant:<16}{line}")
+            report.record("inception_provider_options", figures)
+
+
 def cpu_reference(report: Report, payload: Path, macs: int, seconds: float) -> None:
     if report.left() < 40:
         report.say("\nCPU reference: skipped, budget spent")
@@ -415,6 +459,8 @@ def main() -> None:
         small_models(report, args.payload, args.device, small, args.seconds)
     if "occlusion" in sections:
         occlusion(report, model, args.occlusion_batch)
+    if "options" in sections:
+        provider_options(report, args.payload, args.occlusion_batch, args.seconds)
     if "cpu" in sections:
         cpu_reference(report, args.payload, model["macs"], args.seconds)
     report.say(
