@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev install-service uninstall-service system-deps lint clean
+.PHONY: demo test phantom-models install install-dev install-service uninstall-service system-deps lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,8 +30,13 @@ lint: install-dev
 # The whole suite on SQLite, then every test that touches a database (the
 # network tests) again on a private PostgreSQL server.
 test: system-deps install-dev lint
-	bash tests/run_in_netns.sh $(BIN)/pytest
+	bash tests/run_in_netns.sh $(BIN)/pytest --run-training
 	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
+
+# The phantom-trained packages the tests use (tests/phantom_models.py): run
+# after changing the phantoms, the model input or the package format.
+phantom-models: install-dev
+	$(BIN)/python -m tests.phantom_models
 
 # As root: the service under /opt/dicom-triage, /etc/dicom-triage and systemd.
 install-service:

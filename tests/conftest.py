@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from phantoms.files import write_dicom_studies
 from storage.database import create_database_engine, make_session_factory, upgrade
-from tests import peers
+from tests import peers, phantom_models
 from tests.peers import Orthanc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,15 +24,32 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
 pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 
 
-# Fixtures whose models the trainer makes from phantoms: minutes on a clean
-# clone (then cached), so the tests that use them are marked "trained".
-TRAINED_FIXTURES = {"model_dirs", "phantom_training_data"}
+# Fixtures that train models now, with the trainer under test: minutes on 2
+# cores, so their tests are marked "training" and run only with
+# --run-training (`make test` passes it). Everything else uses the committed
+# phantom-trained packages (tests/phantom_models.py) and never trains.
+TRAINING_FIXTURES = {"trained_packages", "phantom_training_data"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-training",
+        action="store_true",
+        help="also run the tests that train models (minutes; `make test` sets it)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.trained)
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.training)
+    if not config.getoption("--run-training"):
+        skip_training = pytest.mark.skip(
+            reason="trains models: run with --run-training (`make test` does)"
+        )
+        for item in items:
+            if "training" in item.keywords:
+                item.add_marker(skip_training)
     if os.environ.get("TRIAGE_IN_NETNS") == "1":
         return
     skip = pytest.mark.skip(
@@ -44,60 +60,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _source_digest() -> str:
-    """Models are retrained whenever the code that shapes them changes."""
-    digest = hashlib.sha256()
-    for relative in (
-        "trainer/train.py",
-        "trainer/datasets.py",
-        "trainer/export.py",
-        "trainer/backbones.py",
-        "trainer/head.py",
-        "phantoms/images.py",
-        "phantoms/files.py",
-        "model_runtime/preprocess.py",
-        "model_runtime/package.py",
-    ):
-        digest.update((ROOT / relative).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def phantom_training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from phantoms.files import write_jpeg_dataset
-
-    root = tmp_path_factory.mktemp("training")
-    write_jpeg_dataset("oct", root, 150, seed=7)
-    write_jpeg_dataset("cxr", root, 150, seed=8)
-    return root
+    return phantom_models.write_training_data(tmp_path_factory.mktemp("training"))
 
 
 @pytest.fixture(scope="session")
-def model_dirs(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """OCT and CXR model packages trained on phantoms (cached between runs).
+def trained_packages(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """OCT and CXR packages the trainer under test makes from phantoms.
 
-    The training images are written only when a model must be trained.
+    Cached between runs, keyed by the trainer's and the phantoms' sources;
+    the training images are written only when a model must be trained.
     """
-    cache = CACHE / _source_digest()
-    packages = {}
-    for modality in ("oct", "cxr"):
-        target = cache / modality
-        if not (target / "manifest.json").is_file():
-            from trainer.train import TrainOptions, train
+    sources = phantom_models.RUNTIME_SOURCES + phantom_models.TRAINER_SOURCES
+    cache = CACHE / phantom_models.source_digest(sources)
+    if all((cache / m / "manifest.json").is_file() for m in phantom_models.MODALITIES):
+        return {m: cache / m for m in phantom_models.MODALITIES}
+    return phantom_models.train_packages(cache, request.getfixturevalue("phantom_training_data"))
 
-            shutil.rmtree(target, ignore_errors=True)
-            train(
-                TrainOptions(
-                    modality=modality,
-                    data=request.getfixturevalue("phantom_training_data"),
-                    out=target,
-                    backbone="small_cnn",
-                    base_weights="none",
-                    seed=0,
-                )
-            )
-        packages[modality] = target
-    return packages
+
+@pytest.fixture(scope="session")
+def model_dirs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Phantom-trained OCT and CXR packages, for every test but the trainer's.
+
+    A copy of the committed packages, so that no test can change them in the
+    repository. If they are stale (tests/test_phantom_models.py says so),
+    the packages are trained afresh instead, which takes minutes.
+    """
+    packages = phantom_models.committed_packages()
+    if packages is None:
+        packages = request.getfixturevalue("trained_packages")
+    root = tmp_path_factory.mktemp("phantom-models")
+    for modality, package in packages.items():
+        shutil.copytree(package, root / modality)
+    return {modality: root / modality for modality in packages}
 
 
 @pytest.fixture

@@ -15,14 +15,14 @@ from domain.errors import TriageError
 
 # The trainer's tests train; TensorFlow is imported inside them, so that
 # collecting the fast suite does not load it.
-pytestmark = pytest.mark.trained
+pytestmark = pytest.mark.training
 
 
 @pytest.mark.parametrize("modality", ["oct", "cxr"])
 def test_small_backbone_from_scratch_learns_phantoms(
-    modality: str, model_dirs: dict[str, Path]
+    modality: str, trained_packages: dict[str, Path]
 ) -> None:
-    package = model_dirs[modality]
+    package = trained_packages[modality]
     manifest = json.loads((package / "manifest.json").read_text())
     training = manifest["training"]
     assert training["test_metrics"]["accuracy"] >= 0.95
@@ -52,7 +52,7 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 
 def test_frozen_base_cached_bottlenecks_and_seed(
-    model_dirs: dict[str, Path], tmp_path: Path
+    trained_packages: dict[str, Path], tmp_path: Path
 ) -> None:
     from phantoms.files import write_jpeg_dataset
     from trainer.train import BASE_WEIGHTS_FILE, TrainOptions, train
@@ -60,7 +60,7 @@ def test_frozen_base_cached_bottlenecks_and_seed(
     # A small OCT data set of its own: the frozen path, not accuracy, is under test.
     data = tmp_path / "data"
     write_jpeg_dataset("oct", data, 20, seed=9)
-    base_weights = model_dirs["oct"] / BASE_WEIGHTS_FILE
+    base_weights = trained_packages["oct"] / BASE_WEIGHTS_FILE
     options = TrainOptions(
         modality="oct",
         data=data,
@@ -102,13 +102,13 @@ def test_frozen_base_cached_bottlenecks_and_seed(
     assert len(history["holdout_accuracy"]) == len(history["train_accuracy"])
 
 
-def test_parity_refuses_a_disagreeing_export(model_dirs: dict[str, Path]) -> None:
+def test_parity_refuses_a_disagreeing_export(trained_packages: dict[str, Path]) -> None:
     import keras
 
     from model_runtime.package import Manifest
     from trainer.export import parity, to_onnx
 
-    manifest = Manifest.from_json((model_dirs["cxr"] / "manifest.json").read_text())
+    manifest = Manifest.from_json((trained_packages["cxr"] / "manifest.json").read_text())
     spec = manifest.input
     inputs = keras.Input((spec.height, spec.width, spec.channels), name=spec.tensor_name)
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
