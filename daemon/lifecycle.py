@@ -30,9 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.transport import AssociationServer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,10 +40,11 @@ from daemon.config import Settings
 from daemon.delivery import Deliverer
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
+from daemon.listener import DicomListener
 from daemon.pipeline import TriagePipeline
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
-from daemon.scp import IngestContext, event_handlers, make_acceptor
+from daemon.scp import IngestContext, event_handlers
 from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
 from daemon.supervisor import Supervisor
@@ -122,10 +121,10 @@ class _Signals:
 
 
 def _describe_running(
-    runtime: Runtime, work: queue.Queue[int], spool: Spool, server: AssociationServer
+    runtime: Runtime, work: queue.Queue[int], spool: Spool, listener: DicomListener
 ) -> dict[str, Any]:
     settings = runtime.settings
-    host, port = server.server_address[:2]
+    host, port = listener.address
     return {
         "ae_title": settings.dicom.ae_title,
         "listen": f"{host}:{port}",
@@ -141,17 +140,6 @@ def _describe_running(
         "queue_depth": work.qsize(),
         "spool_free_bytes": spool.free_bytes(),
     }
-
-
-def _drain_associations(ae: AE, server: AssociationServer, seconds: float) -> None:
-    """Stop accepting; let open associations finish within ``seconds``, then abort them."""
-    server.shutdown()
-    deadline = time.monotonic() + seconds
-    while ae.active_associations and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for association in ae.active_associations:
-        logger.warning("Aborting an association still open after the drain time")
-        association.abort()
 
 
 def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
@@ -184,26 +172,24 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         engine.dispose()
 
 
-def _listen(settings: Settings, handlers: list[Any]) -> tuple[AE, AssociationServer] | None:
-    """The DICOM listener and the metrics endpoint; None (logged) if either cannot start."""
-    ae = make_acceptor(settings.dicom)
-    try:
-        server = ae.start_server(
-            (settings.dicom.host, settings.dicom.port), block=False, evt_handlers=handlers
-        )
-    except OSError as exc:
-        logger.error("Cannot listen on %s:%d: %s", settings.dicom.host, settings.dicom.port, exc)
+def _open_doors(
+    settings: Settings, handlers: list[Any], supervisor: Supervisor
+) -> DicomListener | None:
+    """The DICOM listener and the metrics endpoint, owned by ``supervisor``;
+    None (logged) if either cannot start."""
+    listener = DicomListener.start(settings.dicom, handlers)
+    if listener is None:
         return None
-    if server is None:
-        logger.error("The DICOM server did not start")
-        return None
+    supervisor.own(listener)
     try:
-        metrics.serve_metrics(settings.metrics.port)
+        endpoint = metrics.serve_metrics(settings.metrics.port)
     except OSError as exc:
         logger.error("Cannot serve metrics on port %d: %s", settings.metrics.port, exc)
-        server.shutdown()
+        listener.stop(0)
         return None
-    return ae, server
+    if endpoint is not None:
+        supervisor.own(endpoint)
+    return listener
 
 
 @dataclasses.dataclass
@@ -214,14 +200,14 @@ class _Watch:
     runtime: CurrentRuntime
     work: queue.Queue[int]
     spool: Spool
-    server: AssociationServer
+    listener: DicomListener
     sessions: sessionmaker[Session]
     last_error: LastError
     maps_queued: Callable[[], int] | None
 
     def publish(self, alive: bool) -> dict[str, Any]:
         snapshot = status_snapshot(
-            _describe_running(self.runtime.current(), self.work, self.spool, self.server),
+            _describe_running(self.runtime.current(), self.work, self.spool, self.listener),
             self.sessions,
             self.last_error,
             alive,
@@ -259,12 +245,13 @@ def _run(
         min_free_bytes=settings.storage.min_free_bytes,
         audit=audit,
     )
-    listener = _listen(
-        settings, event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
+    listener = _open_doors(
+        settings,
+        event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit]),
+        supervisor,
     )
     if listener is None:
         return ExitCode.FAILURE
-    ae, server = listener
     if engine.dialect.name == "sqlite":
         # One node by construction: leases left by its previous process are stale.
         with sessions() as session, session.begin():
@@ -283,7 +270,7 @@ def _run(
         explainer = Explainer(runtime, sessions, supervisor.stop, triage_backlog=work.qsize)
         supervisor.start(*explainer.workers())
         supervisor.close_at_exit(explainer.decoder.close)
-    host, port = server.server_address[:2]
+    host, port = listener.address
     logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
     notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
 
@@ -292,7 +279,7 @@ def _run(
         runtime,
         work,
         spool,
-        server,
+        listener,
         sessions,
         last_error,
         explainer.queued if explainer is not None else None,
@@ -322,9 +309,9 @@ def _run(
 
     logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
     notify("STOPPING=1")
-    _drain_associations(ae, server, DRAIN_SECONDS / 2)
-    # An unfinished image or map is leased in the database: it is simply
-    # taken again after the restart.
-    supervisor.drain(DRAIN_SECONDS / 2)
+    # The listener first (no new associations; open ones finish), then the
+    # workers. An unfinished image or map is leased in the database: it is
+    # simply taken again after the restart.
+    supervisor.drain(DRAIN_SECONDS)
     logger.info("Stopped")
     return exit_code

@@ -37,8 +37,25 @@ STUDIES_PARKED = Gauge("triage_studies_report_failed", "Studies whose report is 
 INSTANCES_FAILED = Gauge("triage_instances_failed", "Images that could not be triaged")
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on 127.0.0.1 only (0 disables it)."""
-    if port:
-        start_http_server(port, addr="127.0.0.1")
-        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+class MetricsEndpoint:
+    """/metrics on 127.0.0.1, as a service the supervisor owns."""
+
+    name = "metrics-endpoint"
+
+    def __init__(self, port: int) -> None:
+        self.server, self._thread = start_http_server(port, addr="127.0.0.1")
+        self.port = int(self.server.server_address[1])
+        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self.port)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, seconds: float) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=seconds)
+
+
+def serve_metrics(port: int) -> MetricsEndpoint | None:
+    """Expose /metrics on 127.0.0.1 only; None when ``port`` is 0 (disabled)."""
+    return MetricsEndpoint(port) if port else None

@@ -4,8 +4,13 @@ Workers (``daemon.worker.Worker``) are started through it, including those
 started later (a delivery worker for a newly seen destination), so that it
 can judge all of them (alive, heartbeat fresh) for the watchdog and the
 status file, and stop and join all of them within the drain time.
-Resources the workers share (decoder child processes) are closed after
-every worker has been joined.
+
+Services are the threads that libraries run for us: the DICOM listener's
+accept loop with its associations (``daemon.listener``) and the metrics
+endpoint (``daemon.metrics``). The supervisor owns them too: a service
+whose thread has died makes the process unhealthy, and a drain stops them
+first, so that no new work arrives while the workers finish theirs.
+Resources the workers share (decoder child processes) are closed last.
 """
 
 from __future__ import annotations
@@ -14,17 +19,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from daemon.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
+class Service(Protocol):
+    """A thread a library runs for us, which the supervisor judges and stops."""
+
+    name: str
+
+    def alive(self) -> bool: ...
+
+    def stop(self, seconds: float) -> None: ...
+
+
 class Supervisor:
-    """Starts, judges, stops and joins the workers that share ``stop``."""
+    """Starts, judges, stops and joins the workers that share ``stop``, and
+    judges and stops the services it is given."""
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
+        self._services: list[Service] = []
         self._workers: list[Worker] = []
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -40,6 +58,15 @@ class Supervisor:
                 worker.start()
                 self._workers.append(worker)
 
+    def own(self, service: Service) -> None:
+        """Judge ``service`` with the workers, and stop it first when draining."""
+        with self._lock:
+            self._services.append(service)
+
+    def services(self) -> list[Service]:
+        with self._lock:
+            return list(self._services)
+
     def close_at_exit(self, close: Callable[[], None]) -> None:
         """Call ``close`` after every worker has stopped."""
         self._closers.append(close)
@@ -49,13 +76,25 @@ class Supervisor:
             return list(self._workers)
 
     def healthy(self) -> bool:
-        """Every worker thread runs and has finished a round recently."""
+        """Every service runs, and every worker runs and has finished a round recently."""
+        for service in self.services():
+            if not service.alive():
+                logger.error("The %s thread has stopped", service.name)
+                return False
         return workers_healthy(self.workers())
 
     def drain(self, seconds: float) -> list[str]:
-        """Stop every worker, wait up to ``seconds`` in all; the names still running."""
-        self.stop.set()
+        """Stop the services, then every worker, within ``seconds`` in all.
+
+        The services (no new associations; open ones finish or are aborted)
+        get up to half; the workers the rest. Returns the names of the
+        workers still running.
+        """
         deadline = time.monotonic() + seconds
+        services_deadline = time.monotonic() + seconds / 2
+        for service in self.services():
+            service.stop(max(0.0, services_deadline - time.monotonic()))
+        self.stop.set()
         for worker in self.workers():
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         still_running = [w.name for w in self.workers() if w.is_alive()]
