@@ -10,8 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The daemon alone: the demo uses the phantom models that ship in phantoms/trained.
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train]'
+	$(BIN)/pip install --quiet -e .
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,test]'
@@ -33,10 +34,10 @@ test: system-deps install-dev lint
 	bash tests/run_in_netns.sh $(BIN)/pytest --run-training
 	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
 
-# The phantom-trained packages the tests use (tests/phantom_models.py): run
+# The phantom-trained packages the demo and the tests use (phantoms/trained): run
 # after changing the phantoms, the model input or the package format.
 phantom-models: install-dev
-	$(BIN)/python -m tests.phantom_models
+	$(BIN)/python -m phantoms.trained_models
 
 # As root: the service under /opt/dicom-triage, /etc/dicom-triage and systemd.
 install-service:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,41 +24,34 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-d
 
 from daemon.status import Status
 from domain.errors import TriageError
+from phantoms import trained_models
 
 logger = logging.getLogger(__name__)
 
 READY_MARKER = "Ready: listening"
-TRAINING_IMAGES_PER_CLASS = 150
 
 
 def ensure_models(state_dir: Path) -> None:
-    """Train the phantom models once; later runs reuse them."""
-    for modality in ("oct", "cxr"):
-        package = state_dir / "models" / modality
-        if (package / "manifest.json").is_file():
-            continue
-        try:
-            from trainer.train import TrainOptions, train
-        except ImportError as exc:
-            raise TriageError(
-                "No models yet and the train extra is not installed: "
-                "pip install 'dicom-triage[train]'"
-            ) from exc
-        from phantoms.files import write_jpeg_dataset
-
-        data = state_dir / "training-phantoms"
-        print(f"Training the {modality} phantom model (once; a minute or two on 2 cores)...")
-        write_jpeg_dataset(modality, data, TRAINING_IMAGES_PER_CLASS, seed=7)
-        train(
-            TrainOptions(
-                modality=modality,
-                data=data,
-                out=package,
-                backbone="small_cnn",
-                base_weights="none",
-                seed=0,
-            )
-        )
+    """Phantom models under ``state_dir/models``: the shipped ones when they fit
+    this code (at once), otherwise trained here (once; needs the train extra)."""
+    target = state_dir / "models"
+    if all((target / m / "manifest.json").is_file() for m in trained_models.MODALITIES):
+        return
+    shipped = trained_models.committed_packages()
+    if shipped is not None:
+        for modality, package in shipped.items():
+            shutil.rmtree(target / modality, ignore_errors=True)
+            shutil.copytree(package, target / modality)
+        return
+    try:
+        import trainer.train  # noqa: F401
+    except ImportError as exc:
+        raise TriageError(
+            "No models yet and the train extra is not installed: pip install 'dicom-triage[train]'"
+        ) from exc
+    print("Training the phantom models (once; a few minutes on 2 cores)...")
+    data = trained_models.write_training_data(state_dir / "training-phantoms")
+    trained_models.train_packages(target, data)
 
 
 def start_demo_pacs(folder: Path) -> tuple[object, int]:

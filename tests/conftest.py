@@ -11,9 +11,10 @@ import pydicom.config
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from phantoms import trained_models
 from phantoms.files import write_dicom_studies
 from storage.database import create_database_engine, make_session_factory, upgrade
-from tests import peers, phantom_models
+from tests import peers
 from tests.peers import Orthanc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 # Fixtures that train models now, with the trainer under test: minutes on 2
 # cores, so their tests are marked "training" and run only with
 # --run-training (`make test` passes it). Everything else uses the committed
-# phantom-trained packages (tests/phantom_models.py) and never trains.
+# phantom-trained packages (tests/trained_models.py) and never trains.
 TRAINING_FIXTURES = {"trained_packages", "phantom_training_data"}
 
 
@@ -62,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def phantom_training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return phantom_models.write_training_data(tmp_path_factory.mktemp("training"))
+    return trained_models.write_training_data(tmp_path_factory.mktemp("training"))
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +73,11 @@ def trained_packages(request: pytest.FixtureRequest) -> dict[str, Path]:
     Cached between runs, keyed by the trainer's and the phantoms' sources;
     the training images are written only when a model must be trained.
     """
-    sources = phantom_models.RUNTIME_SOURCES + phantom_models.TRAINER_SOURCES
-    cache = CACHE / phantom_models.source_digest(sources)
-    if all((cache / m / "manifest.json").is_file() for m in phantom_models.MODALITIES):
-        return {m: cache / m for m in phantom_models.MODALITIES}
-    return phantom_models.train_packages(cache, request.getfixturevalue("phantom_training_data"))
+    sources = trained_models.RUNTIME_SOURCES + trained_models.TRAINER_SOURCES
+    cache = CACHE / trained_models.source_digest(sources)
+    if all((cache / m / "manifest.json").is_file() for m in trained_models.MODALITIES):
+        return {m: cache / m for m in trained_models.MODALITIES}
+    return trained_models.train_packages(cache, request.getfixturevalue("phantom_training_data"))
 
 
 @pytest.fixture(scope="session")
@@ -86,10 +87,10 @@ def model_dirs(
     """Phantom-trained OCT and CXR packages, for every test but the trainer's.
 
     A copy of the committed packages, so that no test can change them in the
-    repository. If they are stale (tests/test_phantom_models.py says so),
+    repository. If they are stale (tests/test_trained_models.py says so),
     the packages are trained afresh instead, which takes minutes.
     """
-    packages = phantom_models.committed_packages()
+    packages = trained_models.committed_packages()
     if packages is None:
         packages = request.getfixturevalue("trained_packages")
     root = tmp_path_factory.mktemp("phantom-models")

@@ -1,14 +1,14 @@
-"""The phantom-trained model packages that tests run the daemon with.
+"""Phantom-trained model packages, shipped ready-made for the demo and the tests.
 
-Training them takes minutes on 2 cores, so a copy lives in the repository
-(``tests/data/phantom-models``, about 1 MB) and the in-process suite never
-trains. The copy records a digest of the code that decides whether a
-package still fits the runtime: the phantoms the tests draw and the model
-input and package format. ``tests/test_phantom_models.py`` fails when the
-copy is stale; make it again with ``make phantom-models`` (which runs
-``python -m tests.phantom_models``). The trainer itself is tested by the
-training tier (``--run-training``), which trains afresh and never reads
-this copy.
+Training them takes minutes on 2 cores and needs TensorFlow, so a copy
+ships in this package (``phantoms/trained``, about 1 MB): ``triage demo``
+and the in-process tests use it and never train. The copy records a digest
+of the code that decides whether a package still fits: the phantoms it
+was trained on, the model input and the package format.
+``tests/test_phantom_models.py`` fails when the copy is stale; make it
+again with ``make phantom-models`` (``python -m phantoms.trained_models``).
+The trainer itself is tested by the training tier (``--run-training``),
+which trains afresh and never reads this copy.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-COMMITTED = ROOT / "tests" / "data" / "phantom-models"
+ROOT = Path(__file__).resolve().parent.parent  # the source tree, or site-packages
+COMMITTED = Path(__file__).resolve().parent / "trained"
 DIGEST_FILE = "SOURCE_DIGEST"
 MODALITIES = ("oct", "cxr")
 # What a package carries that the tests read: the model, its manifest, and
