@@ -109,17 +109,29 @@ class ModelSettings(Section):
     cxr: str = ""
     # "auto" tries CUDA then falls back to the CPU; "cpu" never tries CUDA.
     device: str = "auto"
+    # Micro-batches across instances: up to batch_size images, or whatever
+    # has come batch_wait_ms after the first (a lone image waits that long).
+    batch_size: int = 16
+    batch_wait_ms: float = 20.0
+    # Threads, each with its own decoder child process, made at start-up.
+    decode_workers: int = dataclasses.field(default=2, metadata=RESTART)
 
     def resolved(self, state_dir: Path) -> ModelSettings:
-        return ModelSettings(
+        return dataclasses.replace(
+            self,
             oct=self.oct or str(state_dir / "models" / "oct"),
             cxr=self.cxr or str(state_dir / "models" / "cxr"),
-            device=self.device,
         )
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError('Key "models.device" must be one of "auto", "cpu", "cuda".')
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError('Key "models.batch_size" must be between 1 and 1024.')
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError('Key "models.batch_wait_ms" must be between 0 and 1000.')
+        if not 1 <= self.decode_workers <= 64:
+            raise ConfigError('Key "models.decode_workers" must be between 1 and 64.')
 
 
 @dataclasses.dataclass(frozen=True)

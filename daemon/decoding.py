@@ -26,8 +26,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from dicom_io.pixels import DecodedImage, decode_all_frames, decode_instance
 from domain.errors import InferenceError
+from model_runtime.package import InputSpec
+from model_runtime.preprocess import model_input
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,21 @@ class DecoderCrashed(Exception):
 def decode(path: Path, all_frames: bool) -> list[DecodedImage]:
     """The image(s) to classify: the centre frame, or every frame."""
     return decode_all_frames(path) if all_frames else [decode_instance(path)]
+
+
+def decode_for_model(
+    path: Path, all_frames: bool, spec: InputSpec
+) -> tuple[np.ndarray, list[int | None]]:
+    """The model's input rows (frames, height, width, channels) and their frame numbers.
+
+    Run in the child: resizing is numpy and Pillow work that holds the GIL,
+    and the prepared rows are smaller to send back than the decoded frames.
+    """
+    frames = decode(path, all_frames)
+    rows = np.stack(
+        [model_input(f.image, spec.height, spec.width, spec.channels, spec.scaling) for f in frames]
+    )
+    return rows, [f.frame_number for f in frames]
 
 
 def _limit_memory(limit: int) -> None:
@@ -75,6 +94,11 @@ class IsolatedDecoder:
 
     def decode(self, path: Path, all_frames: bool = False) -> list[DecodedImage]:
         return self.run(decode, path, all_frames)
+
+    def decode_for_model(
+        self, path: Path, all_frames: bool, spec: InputSpec
+    ) -> tuple[np.ndarray, list[int | None]]:
+        return self.run(decode_for_model, path, all_frames, spec)
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in the child; its result, or its exception re-raised.

@@ -41,7 +41,7 @@ from daemon.delivery import Deliverer
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.listener import DicomListener
-from daemon.pipeline import TriagePipeline
+from daemon.pipeline import TriagePipeline, triage_batcher
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
 from daemon.scp import IngestContext, event_handlers
@@ -258,16 +258,29 @@ def _run(
             if freed := queries.release_all_leases(session):
                 logger.warning("Released %d image(s) held when the daemon last stopped", freed)
 
-    pipeline = TriagePipeline(sessions, runtime, work, supervisor.stop)
+    batcher = triage_batcher(sessions, runtime, supervisor.stop)
+    decoders = [
+        TriagePipeline(
+            sessions, runtime, work, supervisor.stop, batcher=batcher, name=f"triage-decode-{n}"
+        )
+        for n in range(settings.models.decode_workers)
+    ]
     supervisor.start(
-        pipeline,
+        batcher,
+        *decoders,
         ReportBuilder(runtime, sessions, supervisor.stop),
         Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start),
     )
-    supervisor.close_at_exit(pipeline.decoder.close)
+    for decoder in decoders:
+        supervisor.close_at_exit(decoder.decoder.close)
     explainer = None
     if settings.occlusion.enabled:
-        explainer = Explainer(runtime, sessions, supervisor.stop, triage_backlog=work.qsize)
+        explainer = Explainer(
+            runtime,
+            sessions,
+            supervisor.stop,
+            triage_backlog=lambda: work.qsize() + batcher.pending(),
+        )
         supervisor.start(*explainer.workers())
         supervisor.close_at_exit(explainer.decoder.close)
     host, port = listener.address

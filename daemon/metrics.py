@@ -17,8 +17,18 @@ INSTANCES_TRIAGED = Counter("triage_instances_triaged", "Images classified", ["m
 INSTANCES_QUARANTINED = Counter("triage_instances_quarantined", "Datasets quarantined")
 INFERENCE_SECONDS = Histogram(
     "triage_inference_seconds",
-    "Decode and inference time per image",
+    "Inference time per image: a batch's model call over its images",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+DECODE_SECONDS = Histogram(
+    "triage_decode_seconds",
+    "Decode and preparation time per image, in a decoder child process",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_IMAGES = Histogram(
+    "triage_batch_images",
+    "Images per model call (micro-batches across instances)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 OCCLUSION_MAPS = Counter("triage_occlusion_maps", "Occlusion maps made or failed", ["outcome"])
 OCCLUSION_QUEUED = Gauge("triage_occlusion_queued", "Occlusion maps waiting to be made")

@@ -1,22 +1,30 @@
 """Infer: decode each stored instance, route it to a model, record the result.
 
-One worker thread drains a bounded queue of instance ids. The queue is only
-a hint: the database is the truth, and the worker sweeps it for instances
-still waiting (after a restart, when the queue was full, or when a lease ran
-out).
+Decode workers (``[models] decode_workers`` threads, each with its own
+decoder child process) drain a bounded queue of instance ids. The queue is
+only a hint: the database is the truth, and the workers sweep it for
+instances still waiting (after a restart, when the queue was full, or when
+a lease ran out). Each leased image is routed to a model, decoded and
+prepared in the child, and handed to the batcher (``daemon.batching``),
+which runs the model on many images at once and gives the results back
+here to be recorded, a batch per transaction. Without a batcher (tests,
+tools) each image is inferred at once, as a batch of one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
+from daemon.batching import MicroBatcher, Outcome, Prepared, infer
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
 from daemon.routing import route
 from daemon.runtime import CurrentRuntime
@@ -57,7 +65,13 @@ def classify_file(
     frames = decoder.decode(path, all_frames) if decoder is not None else decode(path, all_frames)
     if len(frames) == 1:
         return classifier.classify(frames[0].image, frames[0].frame_number)
-    results = classifier.classify_many([f.image for f in frames], [f.frame_number for f in frames])
+    return most_urgent(
+        classifier.classify_many([f.image for f in frames], [f.frame_number for f in frames])
+    )
+
+
+def most_urgent(results: Sequence[Classification]) -> Classification:
+    """A volume's result: its most urgent frame, the most confident among equals."""
     return min(results, key=lambda r: (r.referral.rank, -r.probability))
 
 
@@ -74,13 +88,13 @@ class _Leased:
 
 
 class TriagePipeline(Worker):
-    """Triage instances: from the queue, and from the database's sweep.
+    """Decode instances for triage: from the queue, and from the database's sweep.
 
     Each instance is leased (an attempt counted) in a short transaction;
-    decoding and inference run with no transaction open; the result is
-    recorded in another short one. An image still failing after
-    ``TRIAGE_RETRY.max_attempts`` (or one that crashed or hung the worker that many
-    times) is marked FAILED with its reason and never tried again.
+    decoding, preparation and inference run with no transaction open; the
+    results are recorded in another short one. An image still failing after
+    ``TRIAGE_RETRY.max_attempts`` (or one that crashed or hung its worker that
+    many times) is marked FAILED with its reason and never tried again.
     """
 
     def __init__(
@@ -91,13 +105,16 @@ class TriagePipeline(Worker):
         stop: threading.Event,
         idle_seconds: float = 0.5,
         decoder: IsolatedDecoder | None = None,
+        batcher: MicroBatcher[_Leased] | None = None,
+        name: str = "triage-pipeline",
     ) -> None:
-        super().__init__("triage-pipeline", stop, idle_seconds=0.05, stuck_seconds=300.0)
+        super().__init__(name, stop, idle_seconds=0.05, stuck_seconds=300.0)
         self.decoder = decoder if decoder is not None else IsolatedDecoder()
         self.sessions = sessions
         self.runtime = runtime
         self.work = work
         self.queue_wait = idle_seconds
+        self.batcher = batcher
 
     def tick(self) -> bool:
         try:
@@ -123,7 +140,7 @@ class TriagePipeline(Worker):
         if leased is None:
             return
         try:
-            self._triage(leased)
+            prepared = self._prepare(leased)
         except DecoderCrashed as exc:
             # The image may be to blame, or the host: tried again, up to its last try.
             logger.error(
@@ -133,14 +150,21 @@ class TriagePipeline(Worker):
                 leased.attempts,
                 TRIAGE_RETRY.max_attempts,
             )
-            with self.sessions() as session, session.begin():
-                queries.release_instance(session, instance_id, str(exc))
+            release(self.sessions, [leased], str(exc))
+            return
         except Exception as exc:
             # A bug or a database hiccup: the instance goes back for another
             # try (its attempt is counted); the worker carries on.
             logger.exception("Unexpected error while triaging instance %d", instance_id)
-            with self.sessions() as session, session.begin():
-                queries.release_instance(session, instance_id, f"{type(exc).__name__}: {exc}")
+            release(self.sessions, [leased], f"{type(exc).__name__}: {exc}")
+            return
+        if prepared is None:
+            return
+        if self.batcher is None:
+            batch_size = self.runtime.current().settings.models.batch_size
+            record_outcomes(self.sessions, [(prepared, infer([prepared], batch_size)[0])])
+        elif not self.batcher.submit(prepared):
+            give_back(self.sessions, [prepared])  # stopping: never tried, so not counted
 
     def _lease(self, instance_id: int) -> _Leased | None:
         with self.sessions() as session, session.begin():
@@ -177,7 +201,8 @@ class TriagePipeline(Worker):
             if instance is not None:
                 queries.mark_instance(session, instance, state, reason)
 
-    def _triage(self, leased: _Leased) -> None:
+    def _prepare(self, leased: _Leased) -> Prepared[_Leased] | None:
+        """Route, decode and prepare one image; None when it was skipped or failed."""
         target = route(leased.sop_class_uid, leased.modality, leased.body_part_examined)
         if target is None:
             self._finish(
@@ -187,30 +212,52 @@ class TriagePipeline(Worker):
                 f"{leased.modality}, body part {leased.body_part_examined or 'absent'}.",
             )
             logger.info("Instance %d skipped: no model applies", leased.id)
-            return
+            return None
         runtime = self.runtime.current()  # one snapshot for the whole image
         classifier = runtime.classifiers.get(target)
         if classifier is None:
             self._finish(leased, InstanceState.SKIPPED, f"No {target.value} model is loaded.")
             logger.warning("Instance %d skipped: no %s model loaded", leased.id, target.value)
-            return
+            return None
+        all_frames = runtime.settings.study.oct_frames == "all" and target == TriageModality.OCT
         try:
-            all_frames = runtime.settings.study.oct_frames == "all" and target == TriageModality.OCT
-            with metrics.INFERENCE_SECONDS.time():
-                result = classify_file(Path(leased.path), classifier, all_frames, self.decoder)
+            with metrics.DECODE_SECONDS.time():
+                rows, frame_numbers = self.decoder.decode_for_model(
+                    Path(leased.path), all_frames, classifier.manifest.input
+                )
         except InferenceError as exc:
             self._finish(leased, InstanceState.FAILED, str(exc))
             logger.warning("Instance %d could not be triaged: %s", leased.id, exc)
-            return
-        with self.sessions() as session, session.begin():
+            return None
+        return Prepared(leased, classifier, rows, frame_numbers)
+
+
+def record_outcomes(
+    sessions: sessionmaker[Session], outcomes: list[tuple[Prepared[_Leased], Outcome]]
+) -> None:
+    """Record a batch's results (a volume's most urgent frame) in one transaction."""
+    triaged: list[tuple[int, Classification]] = []
+    failed: list[tuple[int, InferenceError]] = []
+    with sessions() as session, session.begin():
+        for prepared, outcome in outcomes:
+            leased = prepared.key
             instance = queries.leased_instance(session, leased.id, leased.path)
             if instance is None:
-                return  # replaced by a new copy meanwhile: that copy is triaged instead
+                continue  # replaced by a new copy meanwhile: that copy is triaged instead
+            if isinstance(outcome, InferenceError):
+                queries.mark_instance(session, instance, InstanceState.FAILED, str(outcome))
+                failed.append((leased.id, outcome))
+                continue
+            result = most_urgent(outcome)
             queries.record_result(session, instance, result)
+            triaged.append((leased.id, result))
+    for instance_id, error in failed:
+        logger.warning("Instance %d could not be triaged: %s", instance_id, error)
+    for instance_id, result in triaged:
         metrics.INSTANCES_TRIAGED.labels(result.modality).inc()
         logger.info(
             "Instance %d triaged: %s (%s, p=%.3f) by %s %s on %s in %.1f ms",
-            leased.id,
+            instance_id,
             result.label,
             result.referral.value,
             result.probability,
@@ -219,3 +266,40 @@ class TriagePipeline(Worker):
             result.execution_provider,
             result.inference_ms,
         )
+
+
+def release(sessions: sessionmaker[Session], leased: Sequence[_Leased], reason: str) -> None:
+    """Give images back for another try, their attempt counted, with the reason."""
+    with sessions() as session, session.begin():
+        for item in leased:
+            queries.release_instance(session, item.id, reason)
+
+
+def give_back(sessions: sessionmaker[Session], prepared: Sequence[Prepared[_Leased]]) -> None:
+    """Give back images the daemon stopped before trying: their attempt is not counted."""
+    with sessions() as session, session.begin():
+        for item in prepared:
+            queries.return_instance(session, item.key.id)
+    logger.info("Gave back %d image(s) not yet triaged at shutdown", len(prepared))
+
+
+def fail_batch(
+    sessions: sessionmaker[Session], prepared: Sequence[Prepared[_Leased]], error: Exception
+) -> None:
+    """A batch that could not be run or recorded: each image goes back for another try."""
+    release(sessions, [item.key for item in prepared], f"{type(error).__name__}: {error}")
+
+
+def triage_batcher(
+    sessions: sessionmaker[Session], runtime: CurrentRuntime, stop: threading.Event
+) -> MicroBatcher[_Leased]:
+    """The batcher the decode workers hand their images to, recording here."""
+    return MicroBatcher(
+        runtime,
+        record=functools.partial(record_outcomes, sessions),
+        give_back=functools.partial(give_back, sessions),
+        fail=functools.partial(fail_batch, sessions),
+        stop=stop,
+        # Room for two full batches, so that the next fills while one runs.
+        capacity=max(64, 2 * runtime.current().settings.models.batch_size),
+    )

@@ -126,6 +126,12 @@ class Classifier:
         batch = np.stack([self.prepare(image) for image in images])
         rows = self.predict(batch)
         elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
+        return self.classifications(rows, frame_numbers, elapsed_ms)
+
+    def classifications(
+        self, rows: np.ndarray, frame_numbers: Sequence[int | None], inference_ms: float
+    ) -> list[Classification]:
+        """One Classification per row of class probabilities."""
         results = []
         for probabilities, frame_number in zip(rows, frame_numbers, strict=True):
             best = int(np.argmax(probabilities))
@@ -144,7 +150,7 @@ class Classifier:
                     model_version=self.manifest.version,
                     model_sha256=self.manifest.onnx_sha256,
                     execution_provider=self.provider,
-                    inference_ms=elapsed_ms,
+                    inference_ms=inference_ms,
                     frame_number=frame_number,
                 )
             )

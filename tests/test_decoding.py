@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.decoding import DecoderCrashed, IsolatedDecoder
 from dicom_io.pixels import decode_instance
 from domain.errors import InferenceError
+from model_runtime.package import InputSpec
 from phantoms.files import write_dicom_studies
 from storage.models import Instance, InstanceState
 
@@ -79,10 +81,10 @@ class CrashingDecoder(IsolatedDecoder):
         super().__init__(timeout_seconds=10)
         self.poison = poison
 
-    def decode(self, path: Path, all_frames: bool = False) -> list:  # type: ignore[type-arg]
+    def decode_for_model(self, path: Path, all_frames: bool, spec: InputSpec) -> Any:
         if path == self.poison:
-            return self.run(_crash)  # type: ignore[no-any-return]
-        return super().decode(path, all_frames)
+            return self.run(_crash)
+        return super().decode_for_model(path, all_frames, spec)
 
 
 def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(

@@ -47,6 +47,7 @@ from storage.queries.instances import (
     release_all_leases,
     release_instance,
     replace_instance,
+    return_instance,
     work_counts,
 )
 from storage.queries.occlusion_maps import (
@@ -108,6 +109,7 @@ __all__ = [
     "replace_instance",
     "report_failed",
     "retry_deliveries",
+    "return_instance",
     "studies_ready_to_report",
     "study_if_ready",
     "triaged_instances",

@@ -185,6 +185,20 @@ def release_instance(session: Session, instance_id: int, error: str) -> None:
     )
 
 
+def return_instance(session: Session, instance_id: int) -> None:
+    """Give back a leased instance that was never tried (the daemon is stopping):
+    its lease is freed and the attempt counted when it was leased is taken back."""
+    session.execute(
+        update(Instance)
+        .where(
+            Instance.id == instance_id,
+            Instance.state == InstanceState.RECEIVED,
+            Instance.attempts > 0,
+        )
+        .values(lease_until=None, attempts=Instance.attempts - 1)
+    )
+
+
 def release_all_leases(session: Session) -> int:
     """Free every lease, for a single node starting up (its old process is gone)."""
     freed = session.execute(
