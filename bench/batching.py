@@ -14,7 +14,7 @@ Models: the phantom-trained small CNN (128x128, OCT) and, with
 extra builds it), routed the OCT images.
 
 Run: .venv/bin/python bench/batching.py [--images 192] [--batches 1,8,16,32]
-     [--decode-workers 2] [--inception] [--device cpu]
+     [--decode-workers 2] [--inception | --inception-onnx FILE] [--device cpu]
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def flood_rate(
     classifier: Classifier, files: list[Path], batch: int, decode_workers: int, folder: Path
 ) -> tuple[float, int]:
     """Images/s through the daemon's decode workers and batcher; and its model calls."""
-    engine = create_database_engine(f"sqlite:///{folder / f'flood-{batch}.sqlite3'}")
+    database = Path(tempfile.mkstemp(suffix=".sqlite3", dir=folder)[1])
+    database.unlink()  # a fresh database for every flood
+    engine = create_database_engine(f"sqlite:///{database}")
     upgrade(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
     ids = [store_received(sessions, path) for path in files]
@@ -109,11 +111,13 @@ def flood_rate(
     return len(ids) / elapsed, calls
 
 
-def inception_package(folder: Path) -> Path:
+def inception_package(folder: Path, onnx_path: Path | None) -> Path:
+    """A package of InceptionV3 with random weights: ``onnx_path``, or built now."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from inception_model import CLASSES, SIZE, save_random_inception_v3
 
-    onnx_path = save_random_inception_v3(folder / "inception.onnx")
+    if onnx_path is None:
+        onnx_path = save_random_inception_v3(folder / "inception.onnx")
     labels = ("CNV", "DME", "DRUSEN", "NORMAL")[:CLASSES]
     package = folder / "inception-package"
     write_package(
@@ -160,6 +164,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timing of each bare rate")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--inception", action="store_true")
+    parser.add_argument(
+        "--inception-onnx",
+        type=Path,
+        help="an InceptionV3 ONNX file (else built with the train extra)",
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -179,8 +188,8 @@ def main() -> None:
         table(
             "small CNN 128x128 (OCT)", Classifier(packages["oct"], args.device), files, args, folder
         )
-        if args.inception:
-            classifier = Classifier(inception_package(folder), args.device)
+        if args.inception or args.inception_onnx:
+            classifier = Classifier(inception_package(folder, args.inception_onnx), args.device)
             table(
                 "InceptionV3 299x299 (random weights)",
                 classifier,

@@ -71,6 +71,23 @@ def decode_for_model(
     return rows, [f.frame_number for f in frames]
 
 
+Request = tuple[Path, bool, InputSpec]  # (file, all frames, model input)
+
+
+def decode_many_for_model(
+    requests: list[Request],
+) -> list[tuple[np.ndarray, list[int | None]] | Exception]:
+    """``decode_for_model`` for several images in one call; each image's error
+    is returned in its place, so one bad image does not fail the others."""
+    results: list[tuple[np.ndarray, list[int | None]] | Exception] = []
+    for path, all_frames, spec in requests:
+        try:
+            results.append(decode_for_model(path, all_frames, spec))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
 def _limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -100,6 +117,28 @@ class IsolatedDecoder:
     ) -> tuple[np.ndarray, list[int | None]]:
         return self.run(decode_for_model, path, all_frames, spec)
 
+    def decode_many_for_model(
+        self, requests: list[Request]
+    ) -> list[tuple[np.ndarray, list[int | None]] | Exception]:
+        """Several images in one round trip to the child (each its own result or
+        error). Should the child crash or hang, each image is decoded again on
+        its own, so that only the image to blame gets ``DecoderCrashed``."""
+        if len(requests) == 1:
+            return [self._one(*requests[0])]
+        try:
+            results = self.run(decode_many_for_model, requests)
+        except DecoderCrashed:
+            return [self._one(*request) for request in requests]
+        return [_memory_error_named(result, self.memory_limit_bytes) for result in results]
+
+    def _one(
+        self, path: Path, all_frames: bool, spec: InputSpec
+    ) -> tuple[np.ndarray, list[int | None]] | Exception:
+        try:
+            return self.decode_for_model(path, all_frames, spec)
+        except Exception as exc:
+            return exc
+
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in the child; its result, or its exception re-raised.
 
@@ -125,10 +164,7 @@ class IsolatedDecoder:
                     "or killed for memory)."
                 ) from None
             except MemoryError:
-                raise InferenceError(
-                    f"Decoding needs more than the decoder's "
-                    f"{self.memory_limit_bytes / 1024**3:.1f} GiB of memory."
-                ) from None
+                raise _out_of_memory(self.memory_limit_bytes) from None
 
     def close(self) -> None:
         with self._lock:
@@ -154,3 +190,13 @@ class IsolatedDecoder:
             for process in list(getattr(executor, "_processes", {}).values()):
                 process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _out_of_memory(limit: int) -> InferenceError:
+    return InferenceError(
+        f"Decoding needs more than the decoder's {limit / 1024**3:.1f} GiB of memory."
+    )
+
+
+def _memory_error_named(result: T | Exception, limit: int) -> T | Exception:
+    return _out_of_memory(limit) if isinstance(result, MemoryError) else result

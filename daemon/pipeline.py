@@ -18,6 +18,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,11 +35,15 @@ from domain.retry import RetryPolicy
 from domain.triage import Classification, TriageModality
 from model_runtime.classifier import Classifier
 from storage import queries
-from storage.models import InstanceState
+from storage.models import Instance, InstanceState
 
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
+# Images a decode worker leases in one transaction and decodes in one call to
+# its child: a lease commit and a round trip to the child cost milliseconds
+# each, which a flood of small images would otherwise pay one by one.
+LEASE_BATCH = 8
 # Three tries per image, each at once after the last (its lease is freed, or
 # runs out if the worker died), then it is marked FAILED. An attempt is
 # counted when the image is leased, so one that crashes or hangs the worker
@@ -118,82 +123,118 @@ class TriagePipeline(Worker):
 
     def tick(self) -> bool:
         try:
-            instance_id = self.work.get(timeout=self.queue_wait)
+            first = self.work.get(timeout=self.queue_wait)
         except queue.Empty:
             return self.sweep()
-        self.process(instance_id)
+        instance_ids = [first]
+        while len(instance_ids) < LEASE_BATCH:
+            try:
+                instance_ids.append(self.work.get_nowait())
+            except queue.Empty:
+                break
+        self.process_many(instance_ids)
         return True
 
     def sweep(self) -> bool:
         """Process instances the queue missed (restarts, a full queue, expired leases)."""
         with self.sessions() as session:
             pending = queries.pending_instance_ids(session, SWEEP_BATCH)
-        for instance_id in pending:
+        for start in range(0, len(pending), LEASE_BATCH):
             if self.stop.is_set():
                 break
             self.beat()
-            self.process(instance_id)
+            self.process_many(pending[start : start + LEASE_BATCH])
         return bool(pending)
 
     def process(self, instance_id: int) -> None:
-        leased = self._lease(instance_id)
-        if leased is None:
+        self.process_many([instance_id])
+
+    def process_many(self, instance_ids: list[int]) -> None:
+        """Lease these images in one transaction, decode them in one call to the
+        child, and hand each to the batcher (or infer it at once without one)."""
+        routed = [
+            routing
+            for lease in self._lease(instance_ids)
+            if (routing := self._route(lease)) is not None
+        ]
+        if not routed:
             return
-        try:
-            prepared = self._prepare(leased)
-        except DecoderCrashed as exc:
+        started = time.perf_counter()
+        decoded = self.decoder.decode_many_for_model(
+            [(Path(lease.path), frames, model.manifest.input) for lease, model, frames in routed]
+        )
+        per_image = (time.perf_counter() - started) / len(routed)
+        for _ in routed:
+            metrics.DECODE_SECONDS.observe(per_image)
+        for (lease, classifier, _all_frames), result in zip(routed, decoded, strict=True):
+            if isinstance(result, Exception):
+                self._failed(lease, result)
+                continue
+            rows, frame_numbers = result
+            prepared = Prepared(lease, classifier, rows, frame_numbers)
+            if self.batcher is None:
+                batch_size = self.runtime.current().settings.models.batch_size
+                record_outcomes(self.sessions, [(prepared, infer([prepared], batch_size)[0])])
+            elif not self.batcher.submit(prepared):
+                give_back(self.sessions, [prepared])  # stopping: never tried, so not counted
+
+    def _failed(self, leased: _Leased, error: Exception) -> None:
+        if isinstance(error, InferenceError):
+            # The image itself cannot be triaged: no other try would do better.
+            self._finish(leased, InstanceState.FAILED, str(error))
+            logger.warning("Instance %d could not be triaged: %s", leased.id, error)
+        elif isinstance(error, DecoderCrashed):
             # The image may be to blame, or the host: tried again, up to its last try.
             logger.error(
                 "Instance %d: %s (attempt %d of %d)",
-                instance_id,
-                exc,
+                leased.id,
+                error,
                 leased.attempts,
                 TRIAGE_RETRY.max_attempts,
             )
-            release(self.sessions, [leased], str(exc))
-            return
-        except Exception as exc:
-            # A bug or a database hiccup: the instance goes back for another
-            # try (its attempt is counted); the worker carries on.
-            logger.exception("Unexpected error while triaging instance %d", instance_id)
-            release(self.sessions, [leased], f"{type(exc).__name__}: {exc}")
-            return
-        if prepared is None:
-            return
-        if self.batcher is None:
-            batch_size = self.runtime.current().settings.models.batch_size
-            record_outcomes(self.sessions, [(prepared, infer([prepared], batch_size)[0])])
-        elif not self.batcher.submit(prepared):
-            give_back(self.sessions, [prepared])  # stopping: never tried, so not counted
-
-    def _lease(self, instance_id: int) -> _Leased | None:
-        with self.sessions() as session, session.begin():
-            instance = queries.lease_instance(session, instance_id, LEASE_SECONDS)
-            if instance is None:
-                return None  # done already, or another worker or node has it
-            if instance.attempts > TRIAGE_RETRY.max_attempts:
-                queries.mark_instance(
-                    session,
-                    instance,
-                    InstanceState.FAILED,
-                    f"Given up after {TRIAGE_RETRY.max_attempts} attempts that did not finish. "
-                    f"Last error: {instance.error or 'none recorded (the worker stopped)'}",
-                )
-                logger.error(
-                    "Instance %d given up after %d attempts that did not finish",
-                    instance_id,
-                    TRIAGE_RETRY.max_attempts,
-                )
-                return None
-            series = instance.series
-            return _Leased(
-                id=instance.id,
-                path=instance.path,
-                attempts=instance.attempts,
-                sop_class_uid=instance.sop_class_uid,
-                modality=series.modality,
-                body_part_examined=series.body_part_examined,
+            release(self.sessions, [leased], str(error))
+        else:
+            # A bug: the instance goes back for another try (its attempt is
+            # counted); the worker carries on.
+            logger.error(
+                "Unexpected error while triaging instance %d",
+                leased.id,
+                exc_info=(type(error), error, error.__traceback__),
             )
+            release(self.sessions, [leased], f"{type(error).__name__}: {error}")
+
+    def _lease(self, instance_ids: list[int]) -> list[_Leased]:
+        """Lease what nobody holds (an attempt counted); give up on what used its last."""
+        leased = []
+        with self.sessions() as session, session.begin():
+            for instance in queries.lease_instances(session, instance_ids, LEASE_SECONDS):
+                if instance.attempts > TRIAGE_RETRY.max_attempts:
+                    queries.mark_instance(
+                        session,
+                        instance,
+                        InstanceState.FAILED,
+                        f"Given up after {TRIAGE_RETRY.max_attempts} attempts that did not "
+                        f"finish. Last error: "
+                        f"{instance.error or 'none recorded (the worker stopped)'}",
+                    )
+                    logger.error(
+                        "Instance %d given up after %d attempts that did not finish",
+                        instance.id,
+                        TRIAGE_RETRY.max_attempts,
+                    )
+                    continue
+                series = instance.series
+                leased.append(
+                    _Leased(
+                        id=instance.id,
+                        path=instance.path,
+                        attempts=instance.attempts,
+                        sop_class_uid=instance.sop_class_uid,
+                        modality=series.modality,
+                        body_part_examined=series.body_part_examined,
+                    )
+                )
+        return leased
 
     def _finish(self, leased: _Leased, state: InstanceState, reason: str) -> None:
         with self.sessions() as session, session.begin():
@@ -201,8 +242,8 @@ class TriagePipeline(Worker):
             if instance is not None:
                 queries.mark_instance(session, instance, state, reason)
 
-    def _prepare(self, leased: _Leased) -> Prepared[_Leased] | None:
-        """Route, decode and prepare one image; None when it was skipped or failed."""
+    def _route(self, leased: _Leased) -> tuple[_Leased, Classifier, bool] | None:
+        """The model for one image, from one runtime snapshot; None when it is skipped."""
         target = route(leased.sop_class_uid, leased.modality, leased.body_part_examined)
         if target is None:
             self._finish(
@@ -220,37 +261,31 @@ class TriagePipeline(Worker):
             logger.warning("Instance %d skipped: no %s model loaded", leased.id, target.value)
             return None
         all_frames = runtime.settings.study.oct_frames == "all" and target == TriageModality.OCT
-        try:
-            with metrics.DECODE_SECONDS.time():
-                rows, frame_numbers = self.decoder.decode_for_model(
-                    Path(leased.path), all_frames, classifier.manifest.input
-                )
-        except InferenceError as exc:
-            self._finish(leased, InstanceState.FAILED, str(exc))
-            logger.warning("Instance %d could not be triaged: %s", leased.id, exc)
-            return None
-        return Prepared(leased, classifier, rows, frame_numbers)
+        return leased, classifier, all_frames
 
 
 def record_outcomes(
     sessions: sessionmaker[Session], outcomes: list[tuple[Prepared[_Leased], Outcome]]
 ) -> None:
     """Record a batch's results (a volume's most urgent frame) in one transaction."""
-    triaged: list[tuple[int, Classification]] = []
+    results: list[tuple[Instance, Classification]] = []
     failed: list[tuple[int, InferenceError]] = []
     with sessions() as session, session.begin():
+        waiting = queries.leased_instances(
+            session, [(prepared.key.id, prepared.key.path) for prepared, _outcome in outcomes]
+        )
         for prepared, outcome in outcomes:
             leased = prepared.key
-            instance = queries.leased_instance(session, leased.id, leased.path)
+            instance = waiting.get(leased.id)
             if instance is None:
                 continue  # replaced by a new copy meanwhile: that copy is triaged instead
             if isinstance(outcome, InferenceError):
                 queries.mark_instance(session, instance, InstanceState.FAILED, str(outcome))
                 failed.append((leased.id, outcome))
                 continue
-            result = most_urgent(outcome)
-            queries.record_result(session, instance, result)
-            triaged.append((leased.id, result))
+            results.append((instance, most_urgent(outcome)))
+        queries.record_results(session, results)
+        triaged = [(instance.id, result) for instance, result in results]
     for instance_id, error in failed:
         logger.warning("Instance %d could not be triaged: %s", instance_id, error)
     for instance_id, result in triaged:

@@ -15,10 +15,14 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.decoding import DecoderCrashed, IsolatedDecoder
+from daemon.decoding import (
+    DecoderCrashed,
+    IsolatedDecoder,
+    decode_for_model,
+    decode_many_for_model,
+)
 from dicom_io.pixels import decode_instance
 from domain.errors import InferenceError
-from model_runtime.package import InputSpec
 from phantoms.files import write_dicom_studies
 from storage.models import Instance, InstanceState
 
@@ -75,16 +79,18 @@ def test_running_out_of_memory_is_an_inference_error(phantom: Path) -> None:
 
 
 class CrashingDecoder(IsolatedDecoder):
-    """Crashes its child on one file; decodes every other file as usual."""
+    """Crashes its child whenever a call includes one file; decodes the rest as usual."""
 
     def __init__(self, poison: Path) -> None:
         super().__init__(timeout_seconds=10)
         self.poison = poison
 
-    def decode_for_model(self, path: Path, all_frames: bool, spec: InputSpec) -> Any:
-        if path == self.poison:
-            return self.run(_crash)
-        return super().decode_for_model(path, all_frames, spec)
+    def run(self, function: Any, *args: Any) -> Any:
+        if function is decode_for_model and args[0] == self.poison:
+            return super().run(_crash)
+        if function is decode_many_for_model and any(r[0] == self.poison for r in args[0]):
+            return super().run(_crash)
+        return super().run(function, *args)
 
 
 def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
@@ -132,3 +138,43 @@ def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
         assert f"Given up after {TRIAGE_RETRY.max_attempts} attempts" in bad.error
         assert "The decoder process died" in bad.error
         assert bad.attempts == TRIAGE_RETRY.max_attempts + 1
+
+
+def test_a_crash_in_a_shared_decode_blames_only_the_image_that_caused_it(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """Several images share one call to the child; when it crashes, each is
+    decoded again alone, and only the poisoned one loses an attempt."""
+    import queue
+
+    from daemon.config import Settings
+    from daemon.pipeline import TriagePipeline
+    from daemon.runtime import CurrentRuntime, Runtime
+    from domain.triage import TriageModality
+    from model_runtime.classifier import Classifier
+    from tests.records import store_received
+    from tests.traffic import plan_studies
+
+    pool = sorted(write_dicom_studies("oct", tmp_path / "pool", 1, seed=503).rglob("*.dcm"))
+    studies = plan_studies(pool, tmp_path / "s", studies=3, images_per_study=1)
+    ids = [store_received(sqlite_sessions, study.images[0].path) for study in studies]
+    decoder = CrashingDecoder(studies[1].images[0].path)
+    pipeline = TriagePipeline(
+        sqlite_sessions,
+        CurrentRuntime(
+            Runtime(Settings(), {TriageModality.OCT: Classifier(tiny_model_dirs["oct"], "cpu")})
+        ),
+        queue.Queue(),
+        threading.Event(),
+        decoder=decoder,
+    )
+    try:
+        pipeline.process_many(ids)
+    finally:
+        decoder.close()
+    with sqlite_sessions() as session:
+        first, poisoned, third = (session.get_one(Instance, i) for i in ids)
+        assert (first.state, third.state) == (InstanceState.TRIAGED, InstanceState.TRIAGED)
+        assert poisoned.state == InstanceState.RECEIVED  # back for its next try
+        assert poisoned.lease_until is None and poisoned.attempts == 1
+        assert "The decoder process died" in poisoned.error

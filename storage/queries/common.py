@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -10,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.interfaces import ORMOption
 
 from storage.models import (
     Delivery,
@@ -81,22 +83,41 @@ def lease_row(
     waiting: InstanceState | DeliveryState,
     lease_seconds: float,
 ) -> Leasable | None:
-    """Lease a row in state ``waiting`` that nobody holds: one more attempt, a deadline.
+    """Lease a row in state ``waiting`` that nobody holds: one more attempt, a deadline."""
+    rows = lease_rows(session, model, [row_id], waiting, lease_seconds)
+    return rows[0] if rows else None
 
-    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several nodes share the
-    work; SQLite has a single writer. The deadline is the database's clock.
+
+def lease_rows(
+    session: Session,
+    model: type[Leasable],
+    row_ids: Sequence[int],
+    waiting: InstanceState | DeliveryState,
+    lease_seconds: float,
+    *options: ORMOption,
+) -> list[Leasable]:
+    """Lease those of ``row_ids`` in state ``waiting`` that nobody holds, in id order.
+
+    Each gets one more attempt and a deadline. ``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL lets several nodes share the work; SQLite has a single
+    writer. The deadline is the database's clock. ``options`` load what the
+    caller reads next (related rows) with the same query.
     """
     now = database_now(session)
-    row = session.scalar(
-        select(model)
-        .where(model.id == row_id, model.state == waiting)
-        .where(model.lease_until.is_(None) | (model.lease_until < now))
-        .with_for_update(skip_locked=True)
+    rows = list(
+        session.scalars(
+            select(model)
+            .where(model.id.in_(row_ids), model.state == waiting)
+            .where(model.lease_until.is_(None) | (model.lease_until < now))
+            .options(*options)
+            .order_by(model.id)
+            .with_for_update(skip_locked=True)
+        )
     )
-    if row is not None:
+    for row in rows:
         row.attempts += 1
         row.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    return row
+    return rows
 
 
 Destination = tuple[str, str, int]  # (AE title, host, port)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from domain.triage import Classification
 from storage.models import (
@@ -26,6 +27,7 @@ from storage.queries.common import (
     get_or_insert,
     header_text,
     lease_row,
+    lease_rows,
 )
 from storage.queries.occlusion_maps import delete_occlusion_maps
 from storage.queries.studies import reopen_study, update_study_result
@@ -163,6 +165,20 @@ def lease_instance(session: Session, instance_id: int, lease_seconds: float) -> 
     return lease_row(session, Instance, instance_id, InstanceState.RECEIVED, lease_seconds)
 
 
+def lease_instances(
+    session: Session, instance_ids: Sequence[int], lease_seconds: float
+) -> list[Instance]:
+    """``lease_instance`` for several at once, their series loaded (routing reads it)."""
+    return lease_rows(
+        session,
+        Instance,
+        instance_ids,
+        InstanceState.RECEIVED,
+        lease_seconds,
+        selectinload(Instance.series),
+    )
+
+
 def leased_instance(session: Session, instance_id: int, path: str) -> Instance | None:
     """The instance if it still waits for the result of the file ``path``."""
     return session.scalar(
@@ -174,6 +190,18 @@ def leased_instance(session: Session, instance_id: int, path: str) -> Instance |
         )
         .with_for_update()
     )
+
+
+def leased_instances(session: Session, leased: Sequence[tuple[int, str]]) -> dict[int, Instance]:
+    """``leased_instance`` for a batch of (id, path) in one query, by id."""
+    paths = dict(leased)
+    rows = session.scalars(
+        select(Instance)
+        .where(Instance.id.in_(paths), Instance.state == InstanceState.RECEIVED)
+        .order_by(Instance.id)
+        .with_for_update()
+    )
+    return {row.id: row for row in rows if row.path == paths[row.id]}
 
 
 def release_instance(session: Session, instance_id: int, error: str) -> None:
@@ -240,26 +268,33 @@ def pending_instance_ids(session: Session, limit: int) -> list[int]:
 
 def record_result(session: Session, instance: Instance, result: Classification) -> None:
     """Store an instance's result and bring its study's result up to date."""
-    session.add(
-        InstanceResult(
-            instance=instance,
-            modality=result.modality,
-            model_name=result.model_name,
-            model_version=result.model_version,
-            model_sha256=result.model_sha256,
-            label=result.label,
-            referral=result.referral.value,
-            probability=result.probability,
-            probabilities=result.probabilities,
-            frame_number=result.frame_number,
-            execution_provider=result.execution_provider,
-            inference_ms=result.inference_ms,
+    record_results(session, [(instance, result)])
+
+
+def record_results(session: Session, results: list[tuple[Instance, Classification]]) -> None:
+    """Store a batch's results; each study's result is brought up to date once."""
+    for instance, result in results:
+        session.add(
+            InstanceResult(
+                instance=instance,
+                modality=result.modality,
+                model_name=result.model_name,
+                model_version=result.model_version,
+                model_sha256=result.model_sha256,
+                label=result.label,
+                referral=result.referral.value,
+                probability=result.probability,
+                probabilities=result.probabilities,
+                frame_number=result.frame_number,
+                execution_provider=result.execution_provider,
+                inference_ms=result.inference_ms,
+            )
         )
-    )
-    instance.state = InstanceState.TRIAGED
-    instance.lease_until = None
+        instance.state = InstanceState.TRIAGED
+        instance.lease_until = None
     session.flush()
-    update_study_result(session, instance.study)
+    for study_id in sorted({instance.study_fk for instance, _result in results}):
+        update_study_result(session, study_id)
 
 
 def mark_instance(session: Session, instance: Instance, state: InstanceState, error: str) -> None:

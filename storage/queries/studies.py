@@ -44,19 +44,19 @@ def reopen_study(session: Session, study_id: int, now: dt.datetime) -> None:
     )
 
 
-def update_study_result(session: Session, study: Study) -> None:
+def update_study_result(session: Session, study_id: int) -> None:
     """The most urgent image decides; among equals, the most confident."""
     # Serialise the instances of one study across threads and nodes.
-    session.execute(select(Study.id).where(Study.id == study.id).with_for_update())
+    session.execute(select(Study.id).where(Study.id == study_id).with_for_update())
     results = list(
-        session.scalars(select(InstanceResult).join(Instance).where(Instance.study_fk == study.id))
+        session.scalars(select(InstanceResult).join(Instance).where(Instance.study_fk == study_id))
     )
     if not results:
         return
     deciding = min(results, key=lambda r: (Referral(r.referral).rank, -r.probability))
-    current = session.scalar(select(StudyResult).where(StudyResult.study_fk == study.id))
+    current = session.scalar(select(StudyResult).where(StudyResult.study_fk == study_id))
     if current is None:
-        current = StudyResult(study=study)
+        current = StudyResult(study_fk=study_id)
         session.add(current)
     current.deciding_instance_fk = deciding.instance_fk
     current.modality = deciding.modality
