@@ -44,6 +44,36 @@ def test_an_instance_is_leased_once_counted_and_failed_for_good(
         assert queries.work_counts(session)["instances_failed"] == 1
 
 
+def test_two_workers_racing_for_the_same_images_never_both_lease_one(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """SQLite ignores FOR UPDATE, and pysqlite opens the transaction only at the
+    first write: a second worker reads the images as free while the first holds
+    the write lock, then must not lease them again once it gets the lock."""
+    import threading
+    import time
+
+    studies = plan_studies(oct_phantoms, tmp_path / "s", studies=3, images_per_study=1)
+    ids = [store_received(sqlite_sessions, s.images[0].path) for s in studies]
+    second: list[int] = []
+
+    def second_worker() -> None:
+        with sqlite_sessions() as session, session.begin():
+            second.extend(row.id for row in queries.lease_instances(session, ids, 60))
+
+    with sqlite_sessions() as session, session.begin():
+        first = [row.id for row in queries.lease_instances(session, ids, 60)]
+        session.flush()  # the first worker's lease is written: it holds the write lock
+        racer = threading.Thread(target=second_worker)
+        racer.start()
+        time.sleep(0.5)  # the second reads, then waits for the lock
+    racer.join(timeout=30)
+    assert first == ids
+    assert second == []
+    with sqlite_sessions() as session:
+        assert [session.get_one(Instance, i).attempts for i in ids] == [1, 1, 1]
+
+
 def test_a_restart_releases_every_lease(
     tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
 ) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -98,26 +98,33 @@ def lease_rows(
 ) -> list[Leasable]:
     """Lease those of ``row_ids`` in state ``waiting`` that nobody holds, in id order.
 
-    Each gets one more attempt and a deadline. ``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL lets several nodes share the work; SQLite has a single
-    writer. The deadline is the database's clock. ``options`` load what the
-    caller reads next (related rows) with the same query.
+    Each gets one more attempt and a deadline (the database's clock), in one
+    UPDATE whose condition is checked as it writes: on SQLite, which ignores
+    FOR UPDATE and whose driver opens the transaction only at the first
+    write, two workers may both read a row as free, and only the first to
+    write may lease it. On PostgreSQL the second waits for the first's row
+    lock and then finds the row taken. ``options`` load what the caller reads
+    next (related rows) with the rows.
     """
     now = database_now(session)
-    rows = list(
+    leased = session.scalars(
+        update(model)
+        .where(model.id.in_(row_ids), model.state == waiting)
+        .where(model.lease_until.is_(None) | (model.lease_until < now))
+        .values(attempts=model.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds))
+        .returning(model.id)
+    ).all()
+    if not leased:
+        return []
+    return list(
         session.scalars(
             select(model)
-            .where(model.id.in_(row_ids), model.state == waiting)
-            .where(model.lease_until.is_(None) | (model.lease_until < now))
+            .where(model.id.in_(leased))
             .options(*options)
             .order_by(model.id)
-            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
         )
     )
-    for row in rows:
-        row.attempts += 1
-        row.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    return rows
 
 
 Destination = tuple[str, str, int]  # (AE title, host, port)
