@@ -159,3 +159,30 @@ def test_io_binding_gives_the_same_probabilities_as_a_plain_run(
     for thread in threads:
         thread.join()
     assert mismatches == []
+
+
+def test_padded_batches_give_the_same_probabilities_and_few_shapes(
+    model_dirs: dict[str, Path],
+) -> None:
+    """Padding to powers of two (the CUDA default) on the CPU: the same numbers
+    for every batch size, and the model sees only a handful of shapes."""
+    import numpy as np
+
+    plain = Classifier(model_dirs["oct"], device="cpu", pad_batches=False)
+    padded = Classifier(model_dirs["oct"], device="cpu", pad_batches=True)
+    seen: list[int] = []
+    run = padded._run
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        return run(batch)
+
+    padded._run = counting  # type: ignore[method-assign]
+    spec = plain.manifest.input
+    rng = np.random.default_rng(8)
+    for size in range(1, 18):
+        batch = rng.random((size, spec.height, spec.width, spec.channels), dtype=np.float32)
+        got = padded.predict(batch)
+        assert got.shape == (size, len(plain.manifest.labels))
+        assert np.allclose(got, plain.predict(batch), atol=1e-5)
+    assert sorted(set(seen)) == [1, 2, 4, 8, 16, 32]
