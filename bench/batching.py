@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.cli.process import load_cuda_libraries
 from daemon.config import ModelSettings, Settings
 from daemon.decoding import decode_for_model
 from daemon.pipeline import TriagePipeline, triage_batcher
@@ -170,6 +171,7 @@ def main() -> None:
         help="an InceptionV3 ONNX file (else built with the train extra)",
     )
     args = parser.parse_args()
+    load_cuda_libraries(args.device)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )

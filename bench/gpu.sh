@@ -126,13 +126,15 @@ daemon() {
     # against bare ONNX Runtime at the same batch size, on CUDA.
     python3 "$HERE/bench/batching.py" --device cuda --inception-onnx "$STAGE/payload/inception_v3.onnx" \
         --decode-workers "${DECODE_WORKERS:-8}" --batches "${BATCHES:-1,32,128}" "$@" \
-        2>&1 | tee "$out/batching.txt"
+        2>&1 | tee "$out/batching.txt" || echo "batching.py failed: $?"
     # The demo: a real `triage serve` process on CUDA, phantom studies pushed
-    # to it, SRs back at a demo PACS.
-    TRIAGE_MODELS_DEVICE=cuda python3 -m daemon.cli demo --state-dir "$STAGE/demo" \
-        >"$out/demo.txt" 2>&1 || echo "demo failed: $?"
-    grep -c "on CUDAExecutionProvider" "$out/demo.txt" | sed 's/^/images triaged on CUDA in the demo: /'
-    grep -m3 -E "triaged:|urgent referral|CUDA|provider" "$out/demo.txt" || true
+    # to it, SRs back at a demo PACS. No LD_LIBRARY_PATH: the daemon loads
+    # CUDA and cuDNN from the nvidia-* wheels itself (preload_dlls).
+    env -u LD_LIBRARY_PATH TRIAGE_MODELS_DEVICE=cuda TRIAGE_LOGGING_LEVEL=DEBUG \
+        python3 -m daemon.cli demo --state-dir "$STAGE/demo" >"$out/demo.txt" 2>&1 \
+        || echo "demo failed: $?"
+    echo "images triaged on CUDA in the demo: $(grep -c 'on CUDAExecutionProvider' "$out/demo.txt" || true)"
+    grep -m6 -E "triaged:|urgent referral|CUDA|preload|provider" "$out/demo.txt" || true
     tail -5 "$out/demo.txt"
 }
 

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import TextIO
 
+logger = logging.getLogger(__name__)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
@@ -64,6 +66,33 @@ def quiet_onnxruntime() -> None:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(4)
+
+
+def load_cuda_libraries(device: str) -> None:
+    """CUDA and cuDNN from the ``nvidia-*`` pip wheels, when they are installed.
+
+    Process-wide (it loads shared libraries), so it runs here, before any
+    model is opened. With the wheels the host needs only the NVIDIA driver;
+    without them ONNX Runtime looks on the system's library path as usual.
+    ``preload_dlls`` prints what it cannot load; that goes to the debug log.
+    """
+    import contextlib
+    import importlib.util
+    import io
+
+    import onnxruntime
+
+    if device == "cpu" or not hasattr(onnxruntime, "preload_dlls"):
+        return
+    if importlib.util.find_spec("nvidia") is None:
+        logger.debug("No nvidia-* wheels: CUDA libraries come from the system, if any")
+        return
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        onnxruntime.preload_dlls()
+    if printed.getvalue().strip():
+        logger.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+    logger.info("Loaded the CUDA libraries of the nvidia-* wheels for ONNX Runtime")
 
 
 def quiet_tensorflow() -> None:

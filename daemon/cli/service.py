@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from daemon.cli.context import settings_from
-from daemon.cli.process import configure_logging, quiet_onnxruntime
+from daemon.cli.process import configure_logging, load_cuda_libraries, quiet_onnxruntime
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -19,6 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # for their results and log to stderr.
     configure_logging(settings.logging.level, settings.logging.format, sys.stdout)
     quiet_onnxruntime()
+    load_cuda_libraries(settings.models.device)
     return int(serve(settings, Path(args.config) if args.config else None))
 
 
