@@ -1,4 +1,4 @@
-"""``triage phantoms``, ``train``, ``evaluate`` and ``demo``: making and checking models.
+"""``triage phantoms``, ``train``, ``evaluate``, ``quantize``, ``demo``: making and checking models.
 
 The training stack is imported only inside these commands (the ``train``
 extra); the daemon itself never imports TensorFlow.
@@ -7,7 +7,9 @@ extra); the daemon itself never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from daemon.cli.process import configure_logging, quiet_onnxruntime, quiet_tensorflow
@@ -70,6 +72,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         k: metrics[k]["value"] for k in ("accuracy", "sensitivity", "specificity", "weighted_error")
     }
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    try:
+        from model_runtime.package import load_package
+        from model_runtime.preprocess import load_grey_file
+        from trainer.datasets import discover
+        from trainer.quantize import quantize_package
+    except ImportError as exc:
+        raise TriageError(f"Quantisation needs the train extra: {exc}") from exc
+    configure_logging("INFO")
+    quiet_onnxruntime()
+    manifest, _model = load_package(Path(args.model))
+    samples = discover(Path(args.data), manifest.modality.value, manifest.task)
+    train = [s for s in samples if s.split == "train"]
+    test = [s for s in samples if s.split == "test"][: args.held_out]
+    # An even spread of the training split, so that every class calibrates.
+    step = max(1, len(train) // args.calibration)
+    calibration = train[::step][: args.calibration]
+    # ONNX Runtime's quantiser prints its calibration ranges; stdout is for
+    # the result.
+    with contextlib.redirect_stdout(sys.stderr):
+        written, parity = quantize_package(
+            Path(args.model),
+            Path(args.out),
+            [load_grey_file(str(s.path)) for s in calibration],
+            [load_grey_file(str(s.path)) for s in test],
+            min_agreement=args.min_agreement,
+        )
+    print(
+        json.dumps(
+            {
+                "package": args.out,
+                "version": written.version,
+                "agreement": parity.agreement,
+                "mean_abs_difference": parity.mean_abs_difference,
+                "held_out_images": parity.images,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from daemon import __version__
-from daemon.cli.models import cmd_demo, cmd_evaluate, cmd_phantoms, cmd_train
+from daemon.cli.models import cmd_demo, cmd_evaluate, cmd_phantoms, cmd_quantize, cmd_train
 from daemon.cli.records import cmd_outbox, cmd_purge, cmd_worklist
 from daemon.cli.service import cmd_db, cmd_serve, cmd_status
 
@@ -152,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
     evaluate.add_argument("--out", default=None, metavar="DIR", help="default: MODEL/evaluation")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    quantize = with_config(
+        sub.add_parser(
+            "quantize",
+            help="make an INT8 copy of a model package for CPUs (needs the train extra)",
+            description="Static INT8 quantisation with ONNX Runtime, calibrated on training "
+            "images prepared as the daemon prepares them; written only if the top class agrees "
+            "with the float model on at least --min-agreement of the held-out test images.",
+        )
+    )
+    quantize.add_argument("--model", required=True, metavar="DIR")
+    quantize.add_argument("--data", required=True, metavar="DIR", help="the data set (train/test)")
+    quantize.add_argument("--out", required=True, metavar="DIR")
+    quantize.add_argument("--calibration", type=int, default=200, help="training images")
+    quantize.add_argument("--held-out", type=int, default=1000, help="test images for parity")
+    quantize.add_argument("--min-agreement", type=float, default=0.99)
+    quantize.set_defaults(handler=cmd_quantize)
 
     worklist = with_config(
         sub.add_parser(
