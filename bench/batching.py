@@ -24,7 +24,6 @@ import dataclasses
 import os
 import platform
 import queue
-import statistics
 import sys
 import tempfile
 import threading
@@ -33,9 +32,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
+from timing import images_per_second
 
 from daemon.cli.process import load_cuda_libraries
 from daemon.config import ModelSettings, Settings
@@ -56,15 +57,9 @@ from tests.traffic import plan_studies
 
 def bare_rate(classifier: Classifier, inputs: np.ndarray, batch: int, seconds: float) -> float:
     """Images/s of ``classifier.predict`` on batches of ``batch`` prepared inputs."""
-    rows = np.resize(inputs, (batch, *inputs.shape[1:]))
-    classifier.predict(rows)
-    timings = []
-    stop = time.perf_counter() + seconds
-    while len(timings) < 3 or time.perf_counter() < stop:
-        started = time.perf_counter()
-        classifier.predict(rows)
-        timings.append(time.perf_counter() - started)
-    return batch / statistics.median(timings)
+    return images_per_second(
+        classifier.predict, np.resize(inputs, (batch, *inputs.shape[1:])), seconds
+    )
 
 
 def flood_rate(

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -38,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from timing import images_per_second
 
 from model_runtime.classifier import CUDA, Classifier, create_session
 from model_runtime.device_binding import DeviceBinding
@@ -138,20 +139,6 @@ def bound(session: ort.InferenceSession, provider: str, classes: int) -> Predict
     return DeviceBinding(session, classes, device="cuda" if provider == CUDA else "cpu").run
 
 
-def images_per_second(predict: Predict, batch: np.ndarray, seconds: float) -> float:
-    """Median rate over repeated calls for about ``seconds``, after two warm-ups
-    (the first call of a shape picks its convolution algorithms)."""
-    predict(batch)
-    predict(batch)
-    timings: list[float] = []
-    stop = time.perf_counter() + seconds
-    while len(timings) < 3 or (time.perf_counter() < stop and len(timings) < 200):
-        started = time.perf_counter()
-        predict(batch)
-        timings.append(time.perf_counter() - started)
-    return len(batch) / statistics.median(timings)
-
-
 def tflops(rate: float, macs: int) -> float:
     return rate * 2 * macs / 1e12
 
@@ -211,7 +198,7 @@ def sweep(
         batch = rng.random((size, *shape), dtype=np.float32)
         cells = ""
         for name, predict in predictors.items():
-            rate = images_per_second(predict, batch, seconds)
+            rate = images_per_second(predict, batch, seconds, warm_ups=2)
             rates[name][size] = rate
             cells += f"{rate:>20.1f}{tflops(rate, macs):>9.1f}{tflops(rate, macs) / peak:>8.1%}"
         report.say(f"{size:>6}{cells}")
@@ -408,7 +395,7 @@ def provider_options(report: Report, payload: Path, batch_size: int, seconds: fl
                     str(payload / name), providers=[(CUDA, options), "CPUExecutionProvider"]
                 )
                 rate: float | str = images_per_second(
-                    bound(session, session.get_providers()[0], CLASSES), batch, seconds
+                    bound(session, session.get_providers()[0], CLASSES), batch, seconds, warm_ups=2
                 )
                 line = f"{rate:.1f}"
             except Exception as exc:  # a variant this build refuses is a finding
@@ -424,7 +411,7 @@ def cpu_reference(report: Report, payload: Path, macs: int, seconds: float) -> N
         return
     session, provider = create_session(payload / "inception_v3.onnx", "cpu")
     batch = np.random.default_rng(4).random((32, SIZE, SIZE, 3), dtype=np.float32)
-    rate = images_per_second(plain(session), batch, seconds)
+    rate = images_per_second(plain(session), batch, seconds, warm_ups=2)
     report.say(
         f"\nInceptionV3 fp32 on this machine's {os.cpu_count()} CPUs ({provider}), batch 32: "
         f"{rate:.1f} img/s ({tflops(rate, macs):.2f} TFLOP/s)"

@@ -18,16 +18,15 @@ import contextlib
 import io
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+from timing import images_per_second
 
 from model_runtime.classifier import Classifier
 from phantoms import trained_models
@@ -41,24 +40,14 @@ def phantoms(modality: str, per_class: int, seed: int) -> list[np.ndarray]:
     return [render(modality, label, rng).image for label in labels for _ in range(per_class)]
 
 
-def rate(classifier: Classifier, rows: np.ndarray, seconds: float) -> float:
-    classifier.predict(rows)
-    timings = []
-    stop = time.perf_counter() + seconds
-    while len(timings) < 3 or time.perf_counter() < stop:
-        started = time.perf_counter()
-        classifier.predict(rows)
-        timings.append(time.perf_counter() - started)
-    return len(rows) / statistics.median(timings)
-
-
 def speed_table(title: str, float_model: Path, int8_model: Path, rows: np.ndarray, args) -> None:
     plain, quantized = Classifier(float_model, "cpu"), Classifier(int8_model, "cpu")
     print(f"\n{title}: images/s")
     print(f"{'batch':>6}{'float32':>10}{'int8':>10}{'int8/float':>12}")
     for size in (int(b) for b in args.batches.split(",")):
         batch = np.resize(rows, (size, *rows.shape[1:]))
-        a, b = rate(plain, batch, args.seconds), rate(quantized, batch, args.seconds)
+        a = images_per_second(plain.predict, batch, args.seconds)
+        b = images_per_second(quantized.predict, batch, args.seconds)
         print(f"{size:>6}{a:>10.1f}{b:>10.1f}{b / a:>12.2f}", flush=True)
 
 

@@ -5,6 +5,7 @@ never takes the daemon down, and the next image is decoded by a fresh child.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -15,16 +16,23 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.config import Settings
 from daemon.decoding import (
     DecoderCrashed,
     IsolatedDecoder,
     decode_for_model,
     decode_many_for_model,
 )
+from daemon.pipeline import TRIAGE_RETRY, TriagePipeline
+from daemon.runtime import CurrentRuntime, Runtime
 from dicom_io.pixels import decode_instance
 from domain.errors import InferenceError
+from domain.triage import TriageModality
+from model_runtime.classifier import Classifier
 from phantoms.files import write_dicom_studies
 from storage.models import Instance, InstanceState
+from tests.records import store_received
+from tests.traffic import plan_studies
 
 
 def _crash() -> None:
@@ -93,34 +101,36 @@ class CrashingDecoder(IsolatedDecoder):
         return super().run(function, *args)
 
 
-def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
-    tmp_path: Path, tiny_model_dirs: dict[str, Path], sqlite_sessions: sessionmaker[Session]
-) -> None:
-    """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
-    import queue
-
-    from daemon.config import Settings
-    from daemon.pipeline import TRIAGE_RETRY, TriagePipeline
-    from daemon.runtime import CurrentRuntime, Runtime
-    from domain.triage import TriageModality
-    from model_runtime.classifier import Classifier
-    from tests.records import store_received
-    from tests.traffic import plan_studies
-
+def _stored_with_a_poison(
+    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path],
+    sessions: sessionmaker[Session],
+    images: int,
+    poisoned: int,
+) -> tuple[TriagePipeline, CrashingDecoder, list[int]]:
+    """``images`` stored OCT images, a pipeline whose decoder crashes on the
+    one at index ``poisoned``, and the images' ids."""
     pool = sorted(write_dicom_studies("oct", tmp_path / "pool", 1, seed=502).rglob("*.dcm"))
-    poisoned, healthy = plan_studies(pool, tmp_path / "s", studies=2, images_per_study=1)
-    sessions = sqlite_sessions
-    ids = [store_received(sessions, study.images[0].path) for study in (poisoned, healthy)]
-    decoder = CrashingDecoder(poisoned.images[0].path)
+    studies = plan_studies(pool, tmp_path / "s", studies=images, images_per_study=1)
+    ids = [store_received(sessions, study.images[0].path) for study in studies]
+    decoder = CrashingDecoder(studies[poisoned].images[0].path)
+    classifier = Classifier(tiny_model_dirs["oct"], "cpu")
     pipeline = TriagePipeline(
         sessions,
-        CurrentRuntime(
-            Runtime(Settings(), {TriageModality.OCT: Classifier(tiny_model_dirs["oct"], "cpu")})
-        ),
+        CurrentRuntime(Runtime(Settings(), {TriageModality.OCT: classifier})),
         queue.Queue(),
         threading.Event(),
         decoder=decoder,
     )
+    return pipeline, decoder, ids
+
+
+def test_an_image_that_keeps_crashing_the_decoder_is_failed_after_its_attempts(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """The pipeline: the poisoned image ends FAILED with the reason; the next is triaged."""
+    sessions = sqlite_sessions
+    pipeline, decoder, ids = _stored_with_a_poison(tmp_path, tiny_model_dirs, sessions, 2, 0)
     try:
         for _ in range(TRIAGE_RETRY.max_attempts + 1):
             for instance_id in ids:
@@ -145,29 +155,7 @@ def test_a_crash_in_a_shared_decode_blames_only_the_image_that_caused_it(
 ) -> None:
     """Several images share one call to the child; when it crashes, each is
     decoded again alone, and only the poisoned one loses an attempt."""
-    import queue
-
-    from daemon.config import Settings
-    from daemon.pipeline import TriagePipeline
-    from daemon.runtime import CurrentRuntime, Runtime
-    from domain.triage import TriageModality
-    from model_runtime.classifier import Classifier
-    from tests.records import store_received
-    from tests.traffic import plan_studies
-
-    pool = sorted(write_dicom_studies("oct", tmp_path / "pool", 1, seed=503).rglob("*.dcm"))
-    studies = plan_studies(pool, tmp_path / "s", studies=3, images_per_study=1)
-    ids = [store_received(sqlite_sessions, study.images[0].path) for study in studies]
-    decoder = CrashingDecoder(studies[1].images[0].path)
-    pipeline = TriagePipeline(
-        sqlite_sessions,
-        CurrentRuntime(
-            Runtime(Settings(), {TriageModality.OCT: Classifier(tiny_model_dirs["oct"], "cpu")})
-        ),
-        queue.Queue(),
-        threading.Event(),
-        decoder=decoder,
-    )
+    pipeline, decoder, ids = _stored_with_a_poison(tmp_path, tiny_model_dirs, sqlite_sessions, 3, 1)
     try:
         pipeline.process_many(ids)
     finally:
