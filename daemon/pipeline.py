@@ -160,9 +160,18 @@ class TriagePipeline(Worker):
         if not routed:
             return
         started = time.perf_counter()
-        decoded = self.decoder.decode_many_for_model(
-            [(Path(lease.path), frames, model.manifest.input) for lease, model, frames in routed]
-        )
+        requests = [
+            (Path(lease.path), frames, model.manifest.input) for lease, model, frames in routed
+        ]
+        try:
+            decoded = self.decoder.decode_many_for_model(requests)
+        except Exception as exc:
+            # Not one image's fault (each image's own error comes back in its
+            # place): all go back for another try, their attempts counted.
+            logger.exception("Decoding %d image(s) failed", len(routed))
+            reason = f"{type(exc).__name__}: {exc}"
+            release(self.sessions, [lease for lease, _model, _frames in routed], reason)
+            return
         per_image = (time.perf_counter() - started) / len(routed)
         for _ in routed:
             metrics.DECODE_SECONDS.observe(per_image)

@@ -166,3 +166,25 @@ def test_a_crash_in_a_shared_decode_blames_only_the_image_that_caused_it(
         assert poisoned.state == InstanceState.RECEIVED  # back for its next try
         assert poisoned.lease_until is None and poisoned.attempts == 1
         assert "The decoder process died" in poisoned.error
+
+
+def test_a_decoder_that_fails_outright_gives_every_image_back(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """Not one image's fault: each goes back for another try with the reason,
+    none is failed, and the worker carries on."""
+
+    class Broken(CrashingDecoder):
+        def decode_many_for_model(self, requests: Any) -> Any:
+            raise RuntimeError("the decoder pool is gone")
+
+    pipeline, decoder, ids = _stored_with_a_poison(tmp_path, tiny_model_dirs, sqlite_sessions, 2, 0)
+    pipeline.decoder = Broken(decoder.poison)
+    try:
+        pipeline.process_many(ids)
+    finally:
+        decoder.close()
+    with sqlite_sessions() as session:
+        for row in (session.get_one(Instance, i) for i in ids):
+            assert (row.state, row.attempts, row.lease_until) == (InstanceState.RECEIVED, 1, None)
+            assert row.error == "RuntimeError: the decoder pool is gone"
