@@ -165,6 +165,14 @@ class TriageDaemon:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        """Wait until ``text`` appears in the log (its lines arrive from a reader
+        thread, a moment after the daemon acts); fail with the log if it does not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and text not in self.log:
+            time.sleep(0.1)
+        assert text in self.log, self.log
+
     def stop(self) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0

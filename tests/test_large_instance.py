@@ -107,7 +107,8 @@ def test_the_file_of_an_aborted_transfer_is_removed_once_stale(
             time.sleep(0.2)
         assert not left.exists(), daemon.log
         assert fresh.exists()
-        assert "Removed 1 file(s) of transfers that were aborted" in daemon.log
+        # Removed first, logged just after: wait for the line, not a fixed time.
+        daemon.wait_for_log("Removed 1 file(s) of transfers that were aborted")
         echo = run_tool(
             ["echoscu", "-aet", "SCANNER", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)]
         )

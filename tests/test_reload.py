@@ -38,13 +38,6 @@ def _version_of(daemon: TriageDaemon, sop_instance_uid: str) -> str:
     raise AssertionError(daemon.log)
 
 
-def _wait_for_log(daemon: TriageDaemon, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and text not in daemon.log:
-        time.sleep(0.1)
-    assert text in daemon.log, daemon.log
-
-
 def test_sighup_swaps_models_and_rejects_a_broken_one(
     tmp_path: Path, model_dirs: dict[str, Path]
 ) -> None:
@@ -80,7 +73,7 @@ def test_sighup_swaps_models_and_rejects_a_broken_one(
         # A restart-only key is kept as it runs, and named.
         _config(config, second, model_dirs["cxr"], "[dicom]\nmax_associations = 2\n")
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for_log(daemon, "Reloaded:")
+        daemon.wait_for_log("Reloaded:")
         assert "kept as they were until a restart: dicom.max_associations" in daemon.log
         assert assoc.send_c_echo().Status == 0
         assoc.release()
@@ -90,7 +83,7 @@ def test_sighup_swaps_models_and_rejects_a_broken_one(
 
         _config(config, broken, model_dirs["cxr"])
         daemon.process.send_signal(signal.SIGHUP)
-        _wait_for_log(daemon, "Reload rejected")
+        daemon.wait_for_log("Reload rejected")
         assert daemon.storescu(files[2:3]).returncode == 0
         assert _version_of(daemon, uids[2]) == "reloaded-v2"
     finally:
