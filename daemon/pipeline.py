@@ -285,9 +285,11 @@ def record_outcomes(
         )
         for prepared, outcome in outcomes:
             leased = prepared.key
-            instance = waiting.get(leased.id)
+            # pop: an image whose lease ran out while it waited can be taken by
+            # a second worker and meet its first copy in this batch; once is enough.
+            instance = waiting.pop(leased.id, None)
             if instance is None:
-                continue  # replaced by a new copy meanwhile: that copy is triaged instead
+                continue  # replaced by a new copy meanwhile (or recorded just above)
             if isinstance(outcome, InferenceError):
                 queries.mark_instance(session, instance, InstanceState.FAILED, str(outcome))
                 failed.append((leased.id, outcome))

@@ -232,3 +232,34 @@ def test_give_back_never_takes_an_attempt_below_zero(
     give_back(sqlite_sessions, [dataclasses.replace(item, key=leased)])
     with sqlite_sessions() as session:
         assert session.get_one(Instance, instance_id).attempts == 0
+
+
+def test_an_image_twice_in_one_batch_is_recorded_once(
+    tmp_path: Path,
+    phantoms: dict[str, list[Path]],
+    classifiers: dict[str, Classifier],
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    """A lease can run out while an image waits for its batch (a long queue of
+    whole volumes on a CPU); a second worker then takes it too, and both
+    copies may meet in one batch. The image is recorded once, and its
+    batch-mates with it."""
+    from daemon.pipeline import _Leased, record_outcomes
+    from tests.traffic import plan_studies
+
+    studies = plan_studies(phantoms["oct"], tmp_path / "s", studies=2, images_per_study=1)
+    ids = [store_received(sqlite_sessions, s.images[0].path) for s in studies]
+    with sqlite_sessions() as session, session.begin():
+        queries.lease_instances(session, ids, 60)
+    items = [
+        dataclasses.replace(
+            _prepared(classifiers["oct"], study.images[0].path),
+            key=_Leased(instance_id, str(study.images[0].path), 1, "", "OPT", ""),
+        )
+        for instance_id, study in zip(ids, studies, strict=True)
+    ]
+    twice = [items[0], items[1], items[0]]
+    record_outcomes(sqlite_sessions, list(zip(twice, infer(twice, 8), strict=True)))
+    with sqlite_sessions() as session:
+        rows = [session.get_one(Instance, i) for i in ids]
+        assert [row.state for row in rows] == [InstanceState.TRIAGED] * 2
