@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -39,9 +38,7 @@ def ensure_models(state_dir: Path) -> None:
         return
     shipped = trained_models.committed_packages()
     if shipped is not None:
-        for modality, package in shipped.items():
-            shutil.rmtree(target / modality, ignore_errors=True)
-            shutil.copytree(package, target / modality)
+        trained_models.copy_packages(shipped, target)
         return
     try:
         import trainer.train  # noqa: F401

@@ -65,6 +65,14 @@ def committed_packages() -> dict[str, Path] | None:
     return {modality: COMMITTED / modality for modality in MODALITIES}
 
 
+def copy_packages(packages: dict[str, Path], target: Path) -> dict[str, Path]:
+    """Copy ``packages`` (by modality) under ``target``, replacing what is there."""
+    for modality, package in packages.items():
+        shutil.rmtree(target / modality, ignore_errors=True)
+        shutil.copytree(package, target / modality)
+    return {modality: target / modality for modality in packages}
+
+
 def write_training_data(root: Path) -> Path:
     from phantoms.files import write_jpeg_dataset
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 # Fixtures that train models now, with the trainer under test: minutes on 2
 # cores, so their tests are marked "training" and run only with
 # --run-training (`make test` passes it). Everything else uses the committed
-# phantom-trained packages (tests/trained_models.py) and never trains.
+# phantom-trained packages (phantoms/trained_models.py) and never trains.
 TRAINING_FIXTURES = {"trained_packages", "phantom_training_data"}
 
 
@@ -93,10 +92,7 @@ def model_dirs(
     packages = trained_models.committed_packages()
     if packages is None:
         packages = request.getfixturevalue("trained_packages")
-    root = tmp_path_factory.mktemp("phantom-models")
-    for modality, package in packages.items():
-        shutil.copytree(package, root / modality)
-    return {modality: root / modality for modality in packages}
+    return trained_models.copy_packages(packages, tmp_path_factory.mktemp("phantom-models"))
 
 
 @pytest.fixture
