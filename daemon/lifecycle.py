@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import faulthandler
 import logging
 import os
 import queue
@@ -56,6 +57,11 @@ from storage.database import create_database_engine, make_session_factory, requi
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 20.0
+# After the drain, closing the decoders, the database pool and the
+# interpreter itself must not take longer than this. Past it the process
+# writes every thread's stack and exits with status 1: before systemd's
+# TimeoutStopSec (45 s) would kill it without saying where it was stuck.
+EXIT_GRACE_SECONDS = 10.0
 # How long start-up waits for a database that cannot be reached (restarting,
 # failing over) before it exits with a status systemd restarts.
 DATABASE_WAIT_SECONDS = 60.0
@@ -321,6 +327,7 @@ def _run(
     write_status(settings.state_dir, {**snapshot, "stopping": True})
 
     logger.info("Stopping: draining for up to %.0f s", DRAIN_SECONDS)
+    faulthandler.dump_traceback_later(DRAIN_SECONDS + EXIT_GRACE_SECONDS, exit=True)
     notify("STOPPING=1")
     # The listener first (no new associations; open ones finish), then the
     # workers. An unfinished image or map is leased in the database: it is

@@ -177,7 +177,15 @@ class TriageDaemon:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Where it is stuck: the daemon writes every thread's stack on SIGUSR1.
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("triage serve did not stop within 60 s:\n" + self.log) from None
 
     def wait_for_reported_studies(self, count: int, timeout: float = 60) -> None:
         """Wait until ``count`` studies are reported; fail with the log if they are not."""

@@ -1,4 +1,5 @@
-"""SIGHUP reloads the configuration and models; a broken model is rejected."""
+"""SIGHUP reloads the configuration and models; a broken model is rejected.
+SIGUSR1 writes every thread's stack and changes nothing."""
 
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def test_sighup_swaps_models_and_rejects_a_broken_one(
         _config(config, broken, model_dirs["cxr"])
         daemon.process.send_signal(signal.SIGHUP)
         daemon.wait_for_log("Reload rejected")
+        # SIGUSR1 writes every thread's stack, and the daemon goes on working.
+        daemon.process.send_signal(signal.SIGUSR1)
+        daemon.wait_for_log("(most recent call first)")
         assert daemon.storescu(files[2:3]).returncode == 0
         assert _version_of(daemon, uids[2]) == "reloaded-v2"
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +22,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level, settings.logging.format, sys.stdout)
     quiet_onnxruntime()
     load_cuda_libraries(settings.models.device)
+    # ``kill -USR1`` writes every thread's stack to stderr (the journal): how an
+    # engineer sees where a daemon that seems stuck is waiting, without a restart.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return int(serve(settings, Path(args.config) if args.config else None))
 
 
