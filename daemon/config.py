@@ -57,9 +57,15 @@ class DicomSettings(Section):
     network_timeout_seconds: float = dataclasses.field(default=60.0, metadata=RESTART)
     # 0 means unlimited: far faster ingest of large images (REFERENCE.md).
     max_pdu_size: int = dataclasses.field(default=0, metadata=RESTART)
+    # Processes that accept associations on the port (SO_REUSEPORT). 1: the
+    # daemon's own process alone. More: that many in all, each with its own
+    # GIL; max_associations applies to each.
+    receivers: int = dataclasses.field(default=1, metadata=RESTART)
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
+        if not 1 <= self.receivers <= 64:
+            raise ConfigError(f'Key "dicom.receivers" must be in 1..64, got {self.receivers}.')
         for aet in self.allowed_calling_aets:
             _check_ae_title("dicom.allowed_calling_aets", aet)
         if not 0 <= self.port <= 65535:
@@ -304,6 +310,7 @@ class Settings:
         dests = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" for d in self.destinations)
         return (
             f"ae_title={self.dicom.ae_title} listen={self.dicom.host}:{self.dicom.port} "
+            f"receivers={self.dicom.receivers} "
             f"database={_redact_url(self.storage.database_url)} spool={self.storage.spool_dir} "
             f"models=oct:{self.models.oct},cxr:{self.models.cxr} device={self.models.device} "
             f"stable_seconds={self.study.stable_seconds} destinations=[{dests}]"

@@ -21,9 +21,7 @@ import enum
 import faulthandler
 import logging
 import os
-import queue
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +29,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,12 +40,14 @@ from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.listener import DicomListener
 from daemon.pipeline import TriagePipeline, triage_batcher
+from daemon.receivers import ReceiverProcesses
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
-from daemon.scp import IngestContext, event_handlers
+from daemon.scp import IngestContext, event_handlers, receive_to_files
 from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
 from daemon.supervisor import Supervisor
+from daemon.work_queue import WorkQueue, make_work_queue
 from daemon.worklist import handle_find
 from domain.errors import DatabaseUnavailable, StorageError, TriageError
 from storage import queries
@@ -65,7 +64,6 @@ EXIT_GRACE_SECONDS = 10.0
 # How long start-up waits for a database that cannot be reached (restarting,
 # failing over) before it exits with a status systemd restarts.
 DATABASE_WAIT_SECONDS = 60.0
-WORK_QUEUE_SIZE = 1000
 
 
 class ExitCode(enum.IntEnum):
@@ -96,20 +94,6 @@ def wait_for_database(engine: Engine, seconds: float) -> bool:
             delay = min(delay * 2, 5.0)
 
 
-def receive_to_files(incoming: Path) -> None:
-    """Process-wide: pynetdicom writes each received dataset to a file as it arrives.
-
-    An OCT volume can be hundreds of megabytes and several scanners send at
-    once, so nothing is held in memory. pynetdicom makes the file with
-    ``tempfile`` and deletes it after the handler returns, so the process's
-    temporary folder is the spool's own (the same file system: a move, not
-    a copy). Set here, in the entry point, and nowhere else.
-    """
-    incoming.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(incoming)
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-
-
 class _Signals:
     """SIGTERM/SIGINT ask for a drain (a second one exits at once); SIGHUP for a reload."""
 
@@ -127,13 +111,19 @@ class _Signals:
 
 
 def _describe_running(
-    runtime: Runtime, work: queue.Queue[int], spool: Spool, listener: DicomListener
+    runtime: Runtime,
+    work: WorkQueue,
+    spool: Spool,
+    listener: DicomListener,
+    receivers: ReceiverProcesses | None,
 ) -> dict[str, Any]:
     settings = runtime.settings
     host, port = listener.address
     return {
         "ae_title": settings.dicom.ae_title,
         "listen": f"{host}:{port}",
+        # The daemon's own process listens too; these share its port.
+        "receiver_pids": receivers.pids() if receivers is not None else [],
         "models": {
             modality.value: {
                 "name": c.manifest.name,
@@ -179,11 +169,13 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
 
 
 def _open_doors(
-    settings: Settings, handlers: list[Any], supervisor: Supervisor
-) -> DicomListener | None:
-    """The DICOM listener and the metrics endpoint, owned by ``supervisor``;
-    None (logged) if either cannot start."""
-    listener = DicomListener.start(settings.dicom, handlers)
+    settings: Settings, handlers: list[Any], supervisor: Supervisor, work: WorkQueue
+) -> tuple[DicomListener, ReceiverProcesses | None] | None:
+    """The DICOM listener, the receiver processes beside it (``[dicom]
+    receivers`` above 1) and the metrics endpoint, owned by ``supervisor``;
+    None (logged) if the listener or the endpoint cannot start."""
+    count = settings.dicom.receivers
+    listener = DicomListener.start(settings.dicom, handlers, shared_port=count > 1)
     if listener is None:
         return None
     supervisor.own(listener)
@@ -195,7 +187,11 @@ def _open_doors(
         return None
     if endpoint is not None:
         supervisor.own(endpoint)
-    return listener
+    receivers = None
+    if count > 1:
+        receivers = ReceiverProcesses(settings, listener.address[1], work, count - 1)
+        supervisor.own(receivers)
+    return listener, receivers
 
 
 @dataclasses.dataclass
@@ -204,16 +200,19 @@ class _Watch:
 
     state_dir: Path
     runtime: CurrentRuntime
-    work: queue.Queue[int]
+    work: WorkQueue
     spool: Spool
     listener: DicomListener
+    receivers: ReceiverProcesses | None
     sessions: sessionmaker[Session]
     last_error: LastError
     maps_queued: Callable[[], int] | None
 
     def publish(self, alive: bool) -> dict[str, Any]:
         snapshot = status_snapshot(
-            _describe_running(self.runtime.current(), self.work, self.spool, self.listener),
+            _describe_running(
+                self.runtime.current(), self.work, self.spool, self.listener, self.receivers
+            ),
             self.sessions,
             self.last_error,
             alive,
@@ -240,7 +239,7 @@ def _run(
 ) -> ExitCode:
     sessions = make_session_factory(engine)
     supervisor = Supervisor(threading.Event())
-    work: queue.Queue[int] = queue.Queue(maxsize=WORK_QUEUE_SIZE)
+    work = make_work_queue(shared=settings.dicom.receivers > 1)
     signals = _Signals()
     audit = AssociationAudit(sessions)
     ingest = IngestContext(
@@ -251,13 +250,15 @@ def _run(
         min_free_bytes=settings.storage.min_free_bytes,
         audit=audit,
     )
-    listener = _open_doors(
+    doors = _open_doors(
         settings,
         event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit]),
         supervisor,
+        work,
     )
-    if listener is None:
+    if doors is None:
         return ExitCode.FAILURE
+    listener, receivers = doors
     if engine.dialect.name == "sqlite":
         # One node by construction: leases left by its previous process are stale.
         with sessions() as session, session.begin():
@@ -299,6 +300,7 @@ def _run(
         work,
         spool,
         listener,
+        receivers,
         sessions,
         last_error,
         explainer.queued if explainer is not None else None,

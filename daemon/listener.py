@@ -11,6 +11,7 @@ the rest.
 from __future__ import annotations
 
 import logging
+import socket
 import socketserver
 import threading
 import time
@@ -25,6 +26,16 @@ from daemon.scp import make_acceptor
 logger = logging.getLogger(__name__)
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other processes may bind too
+    (``SO_REUSEPORT``): the kernel spreads new connections among them."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class DicomListener:
     """The application entity's accept loop and the associations it opens."""
 
@@ -37,14 +48,20 @@ class DicomListener:
         self._thread.start()
 
     @classmethod
-    def start(cls, settings: DicomSettings, handlers: list[Any]) -> DicomListener | None:
-        """Listen on the configured address; None (logged) if it cannot be bound."""
+    def start(
+        cls, settings: DicomSettings, handlers: list[Any], shared_port: bool = False
+    ) -> DicomListener | None:
+        """Listen on the configured address; None (logged) if it cannot be bound.
+
+        With ``shared_port``, receiver processes listen on the same port
+        (``daemon.receivers``).
+        """
         ae = make_acceptor(settings)
         try:
             server = ae.make_server(
                 (settings.host, settings.port),
                 evt_handlers=handlers,
-                server_class=ThreadedAssociationServer,
+                server_class=_SharedPortServer if shared_port else ThreadedAssociationServer,
             )
         except OSError as exc:
             logger.error("Cannot listen on %s:%d: %s", settings.host, settings.port, exc)

@@ -1,14 +1,27 @@
 """Prometheus metrics, served on localhost when ``[metrics] port`` is set.
 
 Counters and histograms are process-wide (prometheus_client's default
-registry); label values never hold patient data.
+registry); label values never hold patient data. With receiver processes
+(``[dicom] receivers``) every process counts into files that the endpoint
+adds up (prometheus_client's multiprocess mode, switched on by the entry
+point); gauges, which only the daemon's own process sets, then show its
+latest value.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +44,34 @@ BATCH_IMAGES = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 OCCLUSION_MAPS = Counter("triage_occlusion_maps", "Occlusion maps made or failed", ["outcome"])
-OCCLUSION_QUEUED = Gauge("triage_occlusion_queued", "Occlusion maps waiting to be made")
+OCCLUSION_QUEUED = Gauge(
+    "triage_occlusion_queued", "Occlusion maps waiting to be made", multiprocess_mode="mostrecent"
+)
 OCCLUSION_YIELDING = Gauge(
-    "triage_occlusion_yielding", "1 while occlusion maps wait for triage to catch up"
+    "triage_occlusion_yielding",
+    "1 while occlusion maps wait for triage to catch up",
+    multiprocess_mode="mostrecent",
 )
 OBJECTS_SENT = Counter("triage_objects_sent", "Reports and maps delivered", ["kind"])
 OBJECTS_FAILED = Counter("triage_objects_failed", "Delivery attempts that failed", ["kind"])
-QUEUE_DEPTH = Gauge("triage_queue_depth", "Instances waiting in the inference queue")
-OUTBOX_PENDING = Gauge("triage_outbox_pending", "Deliveries waiting")
-DEAD_LETTERS = Gauge("triage_dead_letters", "Deliveries that used up their retries")
+QUEUE_DEPTH = Gauge(
+    "triage_queue_depth", "Instances waiting in the inference queue", multiprocess_mode="mostrecent"
+)
+OUTBOX_PENDING = Gauge(
+    "triage_outbox_pending", "Deliveries waiting", multiprocess_mode="mostrecent"
+)
+DEAD_LETTERS = Gauge(
+    "triage_dead_letters", "Deliveries that used up their retries", multiprocess_mode="mostrecent"
+)
 REPORTS = Counter(
     "triage_reports", "Study reports built (first, superseding) or parked (failed)", ["outcome"]
 )
-STUDIES_PARKED = Gauge("triage_studies_report_failed", "Studies whose report is parked")
-INSTANCES_FAILED = Gauge("triage_instances_failed", "Images that could not be triaged")
+STUDIES_PARKED = Gauge(
+    "triage_studies_report_failed", "Studies whose report is parked", multiprocess_mode="mostrecent"
+)
+INSTANCES_FAILED = Gauge(
+    "triage_instances_failed", "Images that could not be triaged", multiprocess_mode="mostrecent"
+)
 
 
 class MetricsEndpoint:
@@ -53,7 +80,11 @@ class MetricsEndpoint:
     name = "metrics-endpoint"
 
     def __init__(self, port: int) -> None:
-        self.server, self._thread = start_http_server(port, addr="127.0.0.1")
+        registry = REGISTRY
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        self.server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)
         self.port = int(self.server.server_address[1])
         logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self.port)
 

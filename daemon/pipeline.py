@@ -29,6 +29,7 @@ from daemon.batching import MicroBatcher, Outcome, Prepared, infer
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
 from daemon.routing import route
 from daemon.runtime import CurrentRuntime
+from daemon.work_queue import WorkQueue
 from daemon.worker import Worker
 from domain.errors import InferenceError
 from domain.retry import RetryPolicy
@@ -106,7 +107,7 @@ class TriagePipeline(Worker):
         self,
         sessions: sessionmaker[Session],
         runtime: CurrentRuntime,
-        work: queue.Queue[int],
+        work: WorkQueue,
         stop: threading.Event,
         idle_seconds: float = 0.5,
         decoder: IsolatedDecoder | None = None,

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Received, Spool, StoredFile, received_sha256
 from daemon.status import Status
 from daemon.validate import coercion_warnings, parse_header
+from daemon.work_queue import WorkQueue
 from dicom_io.network import set_nodelay
 from domain.errors import IngestError
 from storage import queries
@@ -69,11 +71,26 @@ class IngestContext:
 
     spool: Spool
     sessions: sessionmaker[Session]
-    work: queue.Queue[int]
+    work: WorkQueue
     # "keep_first" (as Orthanc does) or "replace_if_different"
     duplicate_policy: str = "keep_first"
     min_free_bytes: int = 0
     audit: AssociationAudit | None = None
+
+
+def receive_to_files(incoming: Path) -> None:
+    """Process-wide: pynetdicom writes each received dataset to a file as it arrives.
+
+    An OCT volume can be hundreds of megabytes and several scanners send at
+    once, so nothing is held in memory. pynetdicom makes the file with
+    ``tempfile`` and deletes it after the handler returns, so the process's
+    temporary folder is the spool's own (the same file system: a move, not
+    a copy). Called once by each process that receives (the daemon's entry
+    into ``lifecycle.serve``, and each receiver process), and nowhere else.
+    """
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def handle_store(event: Any, context: IngestContext) -> int:
@@ -100,7 +117,7 @@ def _store(event: Any, context: IngestContext) -> int:
 
 
 def received(event: Any) -> Received:
-    """The received dataset with its file meta: with ``lifecycle.receive_to_files`` on,
+    """The received dataset with its file meta: with ``receive_to_files`` on,
     the file pynetdicom wrote as it arrived (read in chunks, never whole);
     otherwise pynetdicom's copy in memory."""
     if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:

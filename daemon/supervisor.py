@@ -91,9 +91,18 @@ class Supervisor:
         workers still running.
         """
         deadline = time.monotonic() + seconds
-        services_deadline = time.monotonic() + seconds / 2
-        for service in self.services():
-            service.stop(max(0.0, services_deadline - time.monotonic()))
+        # Together: the listener's open associations and the receiver
+        # processes' finish in the same half, not one after the other.
+        stopping = [
+            threading.Thread(
+                target=service.stop, args=(seconds / 2,), name=f"stop-{service.name}", daemon=True
+            )
+            for service in self.services()
+        ]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.stop.set()
         for worker in self.workers():
             worker.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import TextIO
 
 logger = logging.getLogger(__name__)
@@ -19,6 +21,10 @@ logger = logging.getLogger(__name__)
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
 
+    def __init__(self, process_name: str | None = None) -> None:
+        super().__init__()
+        self.process_name = process_name
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record),
@@ -26,17 +32,27 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.process_name:
+            entry["process"] = self.process_name
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure_logging(level: str, log_format: str = "text", stream: TextIO = sys.stderr) -> None:
+def configure_logging(
+    level: str,
+    log_format: str = "text",
+    stream: TextIO = sys.stderr,
+    process_name: str | None = None,
+) -> None:
+    """Log to ``stream``; ``process_name`` marks the lines of a helper process
+    (a receiver) that shares the daemon's stream."""
     handler = logging.StreamHandler(stream)
+    marker = f"[{process_name}] " if process_name else ""
     handler.setFormatter(
-        JsonFormatter()
+        JsonFormatter(process_name)
         if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else logging.Formatter(f"%(asctime)s %(levelname)s {marker}%(name)s: %(message)s")
     )
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
@@ -54,6 +70,23 @@ def configure_logging(level: str, log_format: str = "text", stream: TextIO = sys
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         # highdicom logs the UIDs of the studies it copies from at INFO.
         logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+MULTIPROCESS_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_metrics_between_processes(directory: Path) -> None:
+    """Count metrics in files under ``directory`` (emptied first), so that the
+    /metrics endpoint adds up those of the receiver processes.
+
+    prometheus_client reads the variable when it is first imported, and
+    spawned receivers inherit it: call this before anything imports it.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess mode was set")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_METRICS_ENV] = str(directory)
 
 
 def quiet_onnxruntime() -> None:

@@ -10,13 +10,20 @@ import sys
 from pathlib import Path
 
 from daemon.cli.context import settings_from
-from daemon.cli.process import configure_logging, load_cuda_libraries, quiet_onnxruntime
+from daemon.cli.process import (
+    configure_logging,
+    load_cuda_libraries,
+    quiet_onnxruntime,
+    share_metrics_between_processes,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if settings.dicom.receivers > 1:
+        share_metrics_between_processes(Path(settings.state_dir) / "metrics-multiprocess")
     from daemon.lifecycle import serve
 
-    settings = settings_from(args)
     # The daemon logs to stdout for journald; the other commands keep stdout
     # for their results and log to stderr.
     configure_logging(settings.logging.level, settings.logging.format, sys.stdout)
