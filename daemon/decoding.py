@@ -43,6 +43,10 @@ MEMORY_LIMIT_BYTES = 6 * 1024**3
 TIMEOUT_SECONDS = 60.0
 
 
+class DecoderClosed(Exception):
+    """A call after ``close``: the daemon is stopping, and no image is to blame."""
+
+
 class DecoderCrashed(Exception):
     """The decoding child died (a native crash, or killed for memory) or hung.
 
@@ -108,6 +112,7 @@ class IsolatedDecoder:
         self.timeout_seconds = timeout_seconds
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
 
     def decode(self, path: Path, all_frames: bool = False) -> list[DecodedImage]:
         return self.run(decode, path, all_frames)
@@ -167,10 +172,26 @@ class IsolatedDecoder:
                 raise _out_of_memory(self.memory_limit_bytes) from None
 
     def close(self) -> None:
-        with self._lock:
-            self._discard(kill=False)
+        """End the child now, and wait for the executor's thread to finish.
+
+        Called once the workers have stopped, or been given up on at the end
+        of the drain: a call still running in the child is abandoned (its
+        image stays leased and is taken again after the restart). Not under
+        the lock, which such a call holds. Killing the child, rather than
+        asking it to finish, leaves nothing for the interpreter's exit to
+        wait on: CI saw ``triage serve`` hang after "Stopped", its exit
+        joining decoder children that never ended.
+        """
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        _kill_children(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
 
     def _child(self) -> ProcessPoolExecutor:
+        if self._closed:
+            raise DecoderClosed("The decoder is closed: the daemon is stopping.")
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=1,
@@ -185,11 +206,15 @@ class IsolatedDecoder:
         if executor is None:
             return
         if kill:
-            # A hung child never returns: end it. (ProcessPoolExecutor has no
-            # public way to kill its workers before Python 3.14.)
-            for process in list(getattr(executor, "_processes", {}).values()):
-                process.kill()
+            _kill_children(executor)
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _kill_children(executor: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to kill its workers before
+    # Python 3.14 (``terminate_workers``).
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.kill()
 
 
 def _out_of_memory(limit: int) -> InferenceError:

@@ -188,3 +188,37 @@ def test_a_decoder_that_fails_outright_gives_every_image_back(
         for row in (session.get_one(Instance, i) for i in ids):
             assert (row.state, row.attempts, row.lease_until) == (InstanceState.RECEIVED, 1, None)
             assert row.error == "RuntimeError: the decoder pool is gone"
+
+
+CLOSE_WHILE_BUSY = """
+import subprocess, sys, threading, time
+from pathlib import Path
+from daemon.decoding import IsolatedDecoder
+
+started = Path(sys.argv[1])
+decoder = IsolatedDecoder(timeout_seconds=600)
+# The child runs a call that outlasts the caller's patience (30 s).
+command = ["sh", "-c", f"touch {started}; exec sleep 30 </dev/null >/dev/null 2>&1"]
+threading.Thread(target=decoder.run, args=(subprocess.call, command), daemon=True).start()
+while not started.exists():
+    time.sleep(0.05)
+decoder.close()
+print("closed", flush=True)
+"""
+
+
+def test_closing_a_decoder_whose_child_is_busy_lets_the_process_exit(tmp_path: Path) -> None:
+    """A drain that ends while a child still decodes (a worker outlived the
+    drain time) must not leave the interpreter's exit waiting on that child:
+    CI saw `triage serve` hang after "Stopped", joining its decoder children."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_BUSY, str(tmp_path / "started")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "closed" in result.stdout
