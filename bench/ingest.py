@@ -10,6 +10,10 @@ Each figure is a ratio to Orthanc's measured in the same run, for
     TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh \\
         .venv/bin/python -m bench.ingest --database postgresql
 
+``--receivers 1,2,4`` runs the daemon once per count of receiver
+processes (``[dicom] receivers``); a bare pynetdicom receiver
+(``bench.bare_receiver``) shows what pynetdicom alone costs.
+
 The images: phantom OCT volumes (5 B-scans of 256 x 320, 8 bits, 410 KB)
 and phantom chest radiographs enlarged to 2048 x 1920 at 16 bits (7.9 MB),
 each copy with its own UIDs, four images to a study. Every receiver writes
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +114,28 @@ def storescp(folder: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def bare_pynetdicom(folder: Path) -> Iterator[int]:
+    """``bench.bare_receiver``: pynetdicom writing raw bytes and fsyncing, nothing more."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_receiver", str(port), str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def orthanc(folder: Path) -> Iterator[int]:
     peer = Orthanc(folder)
     peer.start()
@@ -163,6 +191,11 @@ def main() -> None:
         help="settings for the daemon, e.g. TRIAGE_OCCLUSION_ENABLED=false",
     )
     parser.add_argument("--only", choices=["OCT", "CXR"], default=None)
+    parser.add_argument(
+        "--receivers",
+        default="1",
+        help="the daemon once for each of these [dicom] receivers counts, e.g. 1,2,4",
+    )
     args = parser.parse_args()
 
     models_state = Path(args.models).absolute()
@@ -188,8 +221,14 @@ def main() -> None:
             receivers: dict[str, tuple[Receiver, str]] = {
                 "storescp": (storescp, "STORESCP"),
                 "Orthanc": (orthanc, "ORTHANC"),
-                "dicom-triage": (lambda folder: daemon(folder, models, daemon_env), "TRIAGE"),
+                "bare pynetdicom": (bare_pynetdicom, "BARE"),
             }
+            for count in args.receivers.split(","):
+                env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
+                receivers[f"dicom-triage x{count}"] = (
+                    lambda folder, env=env: daemon(folder, models, env),
+                    "TRIAGE",
+                )
             for kind, files in sets.items():
                 if args.only and kind != args.only:
                     continue
