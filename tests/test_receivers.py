@@ -76,6 +76,9 @@ def test_receivers_share_the_port_lose_nothing_in_a_crash_and_drain(
     try:
         pids = _receiver_pids(daemon, RECEIVERS - 1)
         every_pid |= set(pids)
+        assert f"receiver processes on the same port: pids {pids[0]}, {pids[1]}" in (
+            daemon.triage("status").stdout
+        )
 
         # One association per sender, spread by the kernel over the processes.
         senders = _push(daemon, first, 12)

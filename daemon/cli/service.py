@@ -63,6 +63,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{'healthy' if healthy else 'UNHEALTHY'}: {settings.dicom.ae_title} on "
             f"{snapshot['listen']} (pid {snapshot['pid']}, updated {snapshot['updated_at']})"
         )
+        if receivers := snapshot.get("receiver_pids"):
+            print(f"  receiver processes on the same port: pids {', '.join(map(str, receivers))}")
         for modality, model in snapshot["models"].items():
             print(
                 f"  model {modality}: {model['name']} {model['version']} "
