@@ -240,6 +240,13 @@ class Deliverer(Worker):
         self.send = send
         self.workers: dict[queries.Destination, DeliveryWorker] = {}
 
+    def wake(self) -> None:
+        """A report or map was queued: its destination's worker sends it now
+        (and this one starts a worker for a destination it has not seen)."""
+        super().wake()
+        for worker in list(self.workers.values()):
+            worker.wake()
+
     def tick(self) -> bool:
         with self.sessions() as session:
             destinations = queries.pending_destinations(session)

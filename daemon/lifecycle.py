@@ -265,7 +265,11 @@ def _run(
             if freed := queries.release_all_leases(session):
                 logger.warning("Released %d image(s) held when the daemon last stopped", freed)
 
-    batcher = triage_batcher(sessions, runtime, supervisor.stop)
+    # Each stage wakes the next as it hands work on, instead of leaving it to
+    # the next poll: push-to-SR latency is stable_seconds plus the work.
+    deliverer = Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start)
+    reporter = ReportBuilder(runtime, sessions, supervisor.stop, reported=deliverer.wake)
+    batcher = triage_batcher(sessions, runtime, supervisor.stop, triaged=reporter.wake)
     decoders = [
         TriagePipeline(
             sessions, runtime, work, supervisor.stop, batcher=batcher, name=f"triage-decode-{n}"
@@ -275,8 +279,8 @@ def _run(
     supervisor.start(
         batcher,
         *decoders,
-        ReportBuilder(runtime, sessions, supervisor.stop),
-        Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start),
+        reporter,
+        deliverer,
     )
     for decoder in decoders:
         supervisor.close_at_exit(decoder.decoder.close)

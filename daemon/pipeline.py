@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -338,12 +338,21 @@ def fail_batch(
 
 
 def triage_batcher(
-    sessions: sessionmaker[Session], runtime: CurrentRuntime, stop: threading.Event
+    sessions: sessionmaker[Session],
+    runtime: CurrentRuntime,
+    stop: threading.Event,
+    triaged: Callable[[], None] = lambda: None,
 ) -> MicroBatcher[_Leased]:
-    """The batcher the decode workers hand their images to, recording here."""
+    """The batcher the decode workers hand their images to, recording here;
+    ``triaged`` is told after each batch is recorded (the report builder's wake)."""
+
+    def record(outcomes: list[tuple[Prepared[_Leased], Outcome]]) -> None:
+        record_outcomes(sessions, outcomes)
+        triaged()
+
     return MicroBatcher(
         runtime,
-        record=functools.partial(record_outcomes, sessions),
+        record=record,
         give_back=functools.partial(give_back, sessions),
         fail=functools.partial(fail_batch, sessions),
         stop=stop,

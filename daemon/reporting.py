@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -113,15 +114,31 @@ class ReportBuilder(Worker):
         sessions: sessionmaker[Session],
         stop: threading.Event,
         idle_seconds: float = 0.5,
+        reported: Callable[[], None] | None = None,
     ) -> None:
         super().__init__("report-builder", stop, idle_seconds=idle_seconds, stuck_seconds=300.0)
         self.runtime = runtime
         self.sessions = sessions
+        # Told of each report committed: the delivery workers' wake.
+        self.reported = reported
+        self._until_quiet: float | None = None
+
+    def idle_wait(self) -> float:
+        """Until the next study has been quiet for ``stable_seconds``, if that is
+        sooner than the idle wait: a report goes out when it is due, not at the
+        next poll. (The pipeline wakes this worker when it triages an image,
+        for a quiet study that waited on inference.)"""
+        if self._until_quiet is None:
+            return self.idle_seconds
+        # A little after the moment, so that the study is quiet by the
+        # database's clock too.
+        return min(self.idle_seconds, self._until_quiet + 0.01)
 
     def tick(self) -> bool:
         stable = self.runtime.current().settings.study.stable_seconds
         with self.sessions() as session:
             ready = queries.studies_ready_to_report(session, stable)
+            self._until_quiet = queries.seconds_until_quiet(session, stable)
         for study_id in ready:
             if self.stop.is_set():
                 break
@@ -164,6 +181,8 @@ class ReportBuilder(Worker):
             )
             label = study.result.label if study.result else "?"
             referral = study.result.referral if study.result else "?"
+        if self.reported is not None:
+            self.reported()
         metrics.REPORTS.labels("superseding" if built.supersedes else "first").inc()
         logger.info(
             "Study %d complete: %s (%s); %s queued for %d destination(s)",

@@ -105,6 +105,8 @@ class Supervisor:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.stop.set()
         for worker in self.workers():
+            worker.wake()  # out of its idle wait at once
+        for worker in self.workers():
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         still_running = [w.name for w in self.workers() if w.is_alive()]
         for name in still_running:

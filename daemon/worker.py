@@ -57,10 +57,20 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.failed_rounds = 0
         self.round_backoff = Backoff(first=idle_seconds, ceiling=30.0)
+        self._woken = threading.Event()
 
     def tick(self) -> bool:
         """One round of work; True when it did something (the next round starts at once)."""
         raise NotImplementedError
+
+    def wake(self) -> None:
+        """Start the next round now, not after the idle wait: another worker
+        has just made work for this one (a report to send, a study to report)."""
+        self._woken.set()
+
+    def idle_wait(self) -> float:
+        """Seconds to wait after a round that found nothing to do."""
+        return self.idle_seconds
 
     def beat(self) -> None:
         """Refresh the heartbeat: a long round calls this between its items."""
@@ -72,7 +82,12 @@ class Worker(threading.Thread):
     def run(self) -> None:
         logger.info("Worker %s started", self.name)
         wait = 0.0
-        while not self.stop.wait(wait):
+        while not self.stop.is_set():
+            if wait > 0:
+                self._woken.wait(wait)
+                if self.stop.is_set():
+                    break
+            self._woken.clear()
             self.beat()
             try:
                 busy = self.tick()
@@ -93,5 +108,5 @@ class Worker(threading.Thread):
                     "Worker %s recovered after %d failed rounds", self.name, self.failed_rounds
                 )
                 self.failed_rounds = 0
-            wait = 0.0 if busy else self.idle_seconds
+            wait = 0.0 if busy else self.idle_wait()
         logger.info("Worker %s stopped", self.name)

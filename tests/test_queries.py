@@ -224,3 +224,26 @@ def test_a_failed_map_rests_then_is_given_up_and_a_new_copy_starts_again(
         queries.replace_instance(session, uid, path=str(path))
     with sqlite_sessions() as session:
         assert queries.map_counts(session) == {"maps_retrying": 0, "maps_given_up": 0}
+
+
+def test_the_next_study_to_fall_quiet_is_known_to_the_second(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    with sqlite_sessions() as session:
+        assert queries.seconds_until_quiet(session, stable_seconds=30) is None
+    first, second = plan_studies(oct_phantoms, tmp_path / "s", studies=2, images_per_study=1)
+    store_received(sqlite_sessions, first.images[0].path)
+    store_received(sqlite_sessions, second.images[0].path)
+    with sqlite_sessions() as session, session.begin():
+        # The first study was last heard from 20 s ago, the second just now.
+        earlier = queries.database_now(session) - dt.timedelta(seconds=20)
+        session.query(Study).filter(Study.study_instance_uid == first.study_instance_uid).update(
+            {Study.last_received_at: earlier}
+        )
+    with sqlite_sessions() as session:
+        until = queries.seconds_until_quiet(session, stable_seconds=30)
+        assert until is not None and 9 < until <= 10
+        # Past its stable time, a study is ready, not "next".
+        until = queries.seconds_until_quiet(session, stable_seconds=15)
+        assert until is not None and 14 < until <= 15
+        assert queries.seconds_until_quiet(session, stable_seconds=0) is None

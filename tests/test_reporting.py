@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import shutil
 import threading
 from io import BytesIO
@@ -190,3 +191,35 @@ def test_the_worklist_shows_each_study_under_the_name_its_images_carry(
         first.study_instance_uid: first.patient_name,
         second.study_instance_uid: "CORRECTED^NAME",
     }
+
+
+def test_the_builder_waits_for_the_next_quiet_study_and_tells_delivery(
+    tmp_path: Path, oct_phantoms: list[Path], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """Between polls the builder sleeps only until the next study falls quiet,
+    and each report it commits wakes the delivery workers."""
+    settings = dataclasses.replace(
+        Settings(),
+        study=StudySettings(stable_seconds=20),
+        destinations=(Destination("PACS", "127.0.0.1", 104),),
+    )
+    told: list[str] = []
+    builder = ReportBuilder(
+        CurrentRuntime(Runtime(settings, {})),
+        sqlite_sessions,
+        threading.Event(),
+        idle_seconds=60,
+        reported=lambda: told.append("reported"),
+    )
+    assert not builder.tick()
+    assert builder.idle_wait() == 60  # nothing receiving: the plain idle wait
+    (study,) = plan_studies(oct_phantoms, tmp_path / "s", studies=1, images_per_study=1)
+    study_id = store_triaged(sqlite_sessions, study.images[0].path)
+    assert not builder.tick()  # not quiet yet
+    assert 10 < builder.idle_wait() <= 20.01
+    assert told == []
+    with sqlite_sessions() as session, session.begin():
+        quiet = queries.database_now(session) - dt.timedelta(seconds=20)
+        session.execute(update(Study).where(Study.id == study_id).values(last_received_at=quiet))
+    assert builder.tick()
+    assert told == ["reported"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from domain.retry import RetryPolicy
@@ -92,6 +92,21 @@ def studies_ready_to_report(session: Session, stable_seconds: float, limit: int 
             .limit(limit)
         )
     )
+
+
+def seconds_until_quiet(session: Session, stable_seconds: float) -> float | None:
+    """Seconds until the next receiving study has been quiet for ``stable_seconds``
+    (0 if one already has); None when no study is receiving."""
+    now = database_now(session)
+    last = session.scalar(
+        select(func.min(Study.last_received_at)).where(
+            Study.state == StudyState.RECEIVING,
+            Study.last_received_at > now - dt.timedelta(seconds=stable_seconds),
+        )
+    )
+    if last is None:
+        return None
+    return max(0.0, (last + dt.timedelta(seconds=stable_seconds) - now).total_seconds())
 
 
 def study_if_ready(session: Session, study_id: int, stable_seconds: float) -> Study | None:
