@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -92,17 +93,20 @@ def test_receivers_share_the_port_lose_nothing_in_a_crash_and_drain(
         # The endpoint adds up what every process counted.
         assert _received_metric(metrics_port) == len(first)
 
-        # kill -9 one receiver in the middle of a burst: once it has stored
-        # one of the burst's instances, with several more on the way.
+        # kill -9 a receiver in the middle of a burst: the first that stores
+        # one of the burst's instances, with several more on its association.
         burst_start = len(daemon.lines)
         senders = _push(daemon, second, 6)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(
-            "[receiver-1]" in line and "Stored instance" in line
-            for line in daemon.lines[burst_start:]
-        ):
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            for line in daemon.lines[burst_start:]:
+                if found := re.search(r"\[receiver-(\d)\].*Stored instance", line):
+                    victim = int(found.group(1))
+                    break
             time.sleep(0.01)
-        os.kill(pids[0], signal.SIGKILL)
+        assert victim is not None, "no association of the burst reached a receiver process"
+        os.kill(pids[victim - 1], signal.SIGKILL)
         outputs = [sender.communicate(timeout=120)[0] for sender in senders]
         acknowledged = {uid_of[f] for output in outputs for f in acknowledged_files(output)}
         database = daemon.database()
@@ -113,9 +117,9 @@ def test_receivers_share_the_port_lose_nothing_in_a_crash_and_drain(
         assert lost == set()
 
         # Another receiver takes the dead one's place; the daemon stays up.
-        daemon.wait_for_log("Receiver process 1 (pid")
+        daemon.wait_for_log(f"Receiver process {victim} (pid")
         replaced = _receiver_pids(daemon, RECEIVERS - 1)
-        assert pids[0] not in replaced
+        assert pids[victim - 1] not in replaced
         every_pid |= set(replaced)
         assert daemon.process is not None and daemon.process.poll() is None
 
