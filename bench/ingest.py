@@ -175,6 +175,16 @@ def measure(
     return statistics.median(rates)
 
 
+def add_daemon_env_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for the daemon, e.g. TRIAGE_OCCLUSION_ENABLED=false",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--oct", type=int, default=200, help="OCT volumes per round")
@@ -183,13 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default="var/bench", help="state dir with (or for) models")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument(
-        "--daemon-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="settings for the daemon, e.g. TRIAGE_OCCLUSION_ENABLED=false",
-    )
+    add_daemon_env_argument(parser)
     parser.add_argument("--only", choices=["OCT", "CXR"], default=None)
     parser.add_argument(
         "--receivers",

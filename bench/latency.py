@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.ingest import IMAGES_PER_STUDY, copies, push
+from bench.ingest import IMAGES_PER_STUDY, add_daemon_env_argument, copies, push
 from model_runtime.classifier import Classifier
 from phantoms.demo import ensure_models
 from phantoms.files import write_dicom_studies
@@ -253,13 +253,7 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=160, help="OCT images in the capacity flood")
     parser.add_argument("--models", default="var/bench", help="state dir with (or for) models")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
-    parser.add_argument(
-        "--daemon-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="settings for the daemon, e.g. TRIAGE_OCCLUSION_ENABLED=false",
-    )
+    add_daemon_env_argument(parser)
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.daemon_env)
 

@@ -33,22 +33,20 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
-from daemon.audit import AssociationAudit
 from daemon.config import Settings
 from daemon.delivery import Deliverer
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.listener import DicomListener
 from daemon.pipeline import TriagePipeline, triage_batcher
-from daemon.receivers import ReceiverProcesses
+from daemon.receivers import ReceiverProcesses, receiving_handlers
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
-from daemon.scp import IngestContext, event_handlers, receive_to_files
+from daemon.scp import receive_to_files
 from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
 from daemon.supervisor import Supervisor
 from daemon.work_queue import WorkQueue, make_work_queue
-from daemon.worklist import handle_find
 from domain.errors import DatabaseUnavailable, StorageError, TriageError
 from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
@@ -241,18 +239,9 @@ def _run(
     supervisor = Supervisor(threading.Event())
     work = make_work_queue(shared=settings.dicom.receivers > 1)
     signals = _Signals()
-    audit = AssociationAudit(sessions)
-    ingest = IngestContext(
-        spool=spool,
-        sessions=sessions,
-        work=work,
-        duplicate_policy=settings.storage.duplicate_policy,
-        min_free_bytes=settings.storage.min_free_bytes,
-        audit=audit,
-    )
     doors = _open_doors(
         settings,
-        event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit]),
+        receiving_handlers(settings, sessions, spool, work),
         supervisor,
         work,
     )

@@ -81,6 +81,8 @@ class MetricsEndpoint:
 
     def __init__(self, port: int) -> None:
         registry = REGISTRY
+        # prometheus_client's own variable, set by the entry point
+        # (``cli.process.share_metrics_between_processes``).
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)

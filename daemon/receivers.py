@@ -26,9 +26,19 @@ import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.audit import AssociationAudit
+from daemon.cli.process import configure_logging
 from daemon.config import Settings
+from daemon.listener import DicomListener
+from daemon.scp import IngestContext, event_handlers, receive_to_files
+from daemon.spool import Spool
 from daemon.work_queue import WorkQueue
+from daemon.worklist import handle_find
+from storage.database import create_database_engine, make_session_factory
 
 logger = logging.getLogger(__name__)
 
@@ -120,20 +130,29 @@ class ReceiverProcesses:
                 process.join()
 
 
+def receiving_handlers(
+    settings: Settings, sessions: sessionmaker[Session], spool: Spool, work: WorkQueue
+) -> list[Any]:
+    """The event handlers of a process that receives (the daemon's own, or a
+    receiver): C-STORE into ``spool`` and onto ``work``, C-ECHO, the worklist
+    C-FIND, and the audit of every association."""
+    audit = AssociationAudit(sessions)
+    ingest = IngestContext(
+        spool=spool,
+        sessions=sessions,
+        work=work,
+        duplicate_policy=settings.storage.duplicate_policy,
+        min_free_bytes=settings.storage.min_free_bytes,
+        audit=audit,
+    )
+    return event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
+
+
 def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: int) -> None:
     """A receiver process's entry point: accept associations until told to stop.
 
     Process-wide switches are set here, as ``triage serve`` sets its own.
     """
-    # Imported here: the parent need not load what only receivers run.
-    from daemon.audit import AssociationAudit
-    from daemon.cli.process import configure_logging
-    from daemon.listener import DicomListener
-    from daemon.scp import IngestContext, event_handlers, receive_to_files
-    from daemon.spool import Spool
-    from daemon.worklist import handle_find
-    from storage.database import create_database_engine, make_session_factory
-
     configure_logging(
         settings.logging.level, settings.logging.format, sys.stdout, f"receiver-{number}"
     )
@@ -151,16 +170,7 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
     sessions = make_session_factory(engine)
     spool = Spool(settings.spool_dir)
     receive_to_files(spool.incoming)
-    audit = AssociationAudit(sessions)
-    ingest = IngestContext(
-        spool=spool,
-        sessions=sessions,
-        work=work,
-        duplicate_policy=settings.storage.duplicate_policy,
-        min_free_bytes=settings.storage.min_free_bytes,
-        audit=audit,
-    )
-    handlers = event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
+    handlers = receiving_handlers(settings, sessions, spool, work)
     listener = DicomListener.start(settings.dicom, handlers, shared_port=True)
     if listener is None:
         sys.exit(1)
