@@ -61,9 +61,24 @@ class DicomSettings(Section):
     # daemon's own process alone. More: that many in all, each with its own
     # GIL; max_associations applies to each.
     receivers: int = dataclasses.field(default=1, metadata=RESTART)
+    # DICOM TLS (PS3.15 Annex B) on a port of its own, beside the plain one.
+    # 0: no TLS port. Certificate, key and CA are PEM files; with a CA file
+    # peers must present a certificate it signed, unless
+    # tls_require_client_certificate is false.
+    tls_port: int = dataclasses.field(default=0, metadata=RESTART)
+    tls_certificate: str = dataclasses.field(default="", metadata=RESTART)
+    tls_private_key: str = dataclasses.field(default="", metadata=RESTART)
+    tls_ca_certificates: str = dataclasses.field(default="", metadata=RESTART)
+    tls_require_client_certificate: bool = dataclasses.field(default=True, metadata=RESTART)
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
+        if not 0 <= self.tls_port <= 65535:
+            raise ConfigError(f'Key "dicom.tls_port" must be in 0..65535, got {self.tls_port}.')
+        if self.tls_port and not (self.tls_certificate and self.tls_private_key):
+            raise ConfigError(
+                'Key "dicom.tls_port" needs "dicom.tls_certificate" and "dicom.tls_private_key".'
+            )
         if not 1 <= self.receivers <= 64:
             raise ConfigError(f'Key "dicom.receivers" must be in 1..64, got {self.receivers}.')
         for aet in self.allowed_calling_aets:

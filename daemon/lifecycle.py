@@ -22,6 +22,7 @@ import faulthandler
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from daemon.config import Settings
 from daemon.delivery import Deliverer
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
-from daemon.listener import DicomListener
+from daemon.listener import DicomListener, tls_context
 from daemon.pipeline import TriagePipeline, triage_batcher
 from daemon.receivers import ReceiverProcesses, receiving_handlers
 from daemon.reporting import ReportBuilder
@@ -150,6 +151,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         if removed := spool.remove_partial_writes():
             logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
         receive_to_files(spool.incoming)
+        tls = tls_context(settings.dicom)
     except StorageError as exc:
         logger.error("%s", exc)
         return ExitCode.CONFIG
@@ -160,23 +162,39 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     try:
-        return _run(settings, config_path, engine, runtime, spool, last_error)
+        return _run(settings, config_path, engine, runtime, spool, last_error, tls)
     finally:
         logging.getLogger().removeHandler(last_error)
         engine.dispose()
 
 
 def _open_doors(
-    settings: Settings, handlers: list[Any], supervisor: Supervisor, work: WorkQueue
+    settings: Settings,
+    handlers: list[Any],
+    supervisor: Supervisor,
+    work: WorkQueue,
+    tls: ssl.SSLContext | None,
 ) -> tuple[DicomListener, ReceiverProcesses | None] | None:
-    """The DICOM listener, the receiver processes beside it (``[dicom]
-    receivers`` above 1) and the metrics endpoint, owned by ``supervisor``;
-    None (logged) if the listener or the endpoint cannot start."""
+    """The DICOM listener, the TLS listener (``[dicom] tls_port``), the
+    receiver processes beside them (``[dicom] receivers`` above 1) and the
+    metrics endpoint, owned by ``supervisor``; None (logged) if a listener
+    or the endpoint cannot start."""
     count = settings.dicom.receivers
     listener = DicomListener.start(settings.dicom, handlers, shared_port=count > 1)
     if listener is None:
         return None
     supervisor.own(listener)
+    if tls is not None:
+        tls_listener = DicomListener.start(settings.dicom, handlers, count > 1, tls)
+        if tls_listener is None:
+            listener.stop(0)
+            return None
+        supervisor.own(tls_listener)
+        host, port = tls_listener.address
+        logger.info("DICOM TLS on %s:%d", host, port)
+        settings = dataclasses.replace(
+            settings, dicom=dataclasses.replace(settings.dicom, tls_port=port)
+        )
     try:
         endpoint = metrics.serve_metrics(settings.metrics.port)
     except OSError as exc:
@@ -234,6 +252,7 @@ def _run(
     runtime: CurrentRuntime,
     spool: Spool,
     last_error: LastError,
+    tls: ssl.SSLContext | None,
 ) -> ExitCode:
     sessions = make_session_factory(engine)
     supervisor = Supervisor(threading.Event())
@@ -244,6 +263,7 @@ def _run(
         receiving_handlers(settings, sessions, spool, work),
         supervisor,
         work,
+        tls,
     )
     if doors is None:
         return ExitCode.FAILURE

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE
@@ -22,51 +24,109 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from daemon.config import DicomSettings
 from daemon.scp import make_acceptor
+from dicom_io.tls import server_context
 
 logger = logging.getLogger(__name__)
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """An association server whose port other processes may bind too
-    (``SO_REUSEPORT``): the kernel spreads new connections among them."""
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved out of the
+    accept loop: pynetdicom shakes hands there, so one peer that connects
+    and says nothing would stop every other from being accepted. Here it
+    runs in the connection's own thread, within the network timeout, and a
+    failed one (wrong CA, no client certificate, expired) is logged and the
+    connection closed."""
+
+    reuse_port = False
 
     def server_bind(self) -> None:
         assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
+        return client_socket, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.ae.network_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError) as exc:
+                logger.warning("Refused a TLS connection from %s: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+class _SharedPortServer(_Server):
+    """A server whose port other processes may bind too (``SO_REUSEPORT``):
+    the kernel spreads new connections among them."""
+
+    reuse_port = True
+
+
+def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
+    """The TLS port's context from the configured files; None without a TLS port.
+
+    Raises ``TriageError`` for a file that is missing or wrong: a
+    configuration error, found at start-up.
+    """
+    if not settings.tls_port:
+        return None
+    return server_context(
+        Path(settings.tls_certificate),
+        Path(settings.tls_private_key),
+        Path(settings.tls_ca_certificates) if settings.tls_ca_certificates else None,
+        settings.tls_require_client_certificate,
+    )
 
 
 class DicomListener:
     """The application entity's accept loop and the associations it opens."""
 
-    name = "dicom-listener"
-
-    def __init__(self, ae: AE, server: ThreadedAssociationServer) -> None:
+    def __init__(self, ae: AE, server: ThreadedAssociationServer, name: str) -> None:
         self.ae = ae
         self.server = server
+        self.name = name
         self._thread = threading.Thread(target=server.serve_forever, name=self.name, daemon=True)
         self._thread.start()
 
     @classmethod
     def start(
-        cls, settings: DicomSettings, handlers: list[Any], shared_port: bool = False
+        cls,
+        settings: DicomSettings,
+        handlers: list[Any],
+        shared_port: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> DicomListener | None:
-        """Listen on the configured address; None (logged) if it cannot be bound.
+        """Listen on the configured port, or with ``tls`` on the TLS port;
+        None (logged) if it cannot be bound.
 
         With ``shared_port``, receiver processes listen on the same port
         (``daemon.receivers``).
         """
         ae = make_acceptor(settings)
+        port = settings.tls_port if tls is not None else settings.port
         try:
             server = ae.make_server(
-                (settings.host, settings.port),
+                (settings.host, port),
                 evt_handlers=handlers,
-                server_class=_SharedPortServer if shared_port else ThreadedAssociationServer,
+                ssl_context=tls,
+                server_class=_SharedPortServer if shared_port else _Server,
             )
         except OSError as exc:
-            logger.error("Cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            logger.error("Cannot listen on %s:%d: %s", settings.host, port, exc)
             return None
-        return cls(ae, server)
+        return cls(ae, server, "dicom-tls-listener" if tls is not None else "dicom-listener")
 
     @property
     def address(self) -> tuple[str, int]:

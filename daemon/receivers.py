@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.audit import AssociationAudit
 from daemon.cli.process import configure_logging
 from daemon.config import Settings
-from daemon.listener import DicomListener
+from daemon.listener import DicomListener, tls_context
 from daemon.scp import IngestContext, event_handlers, receive_to_files
 from daemon.spool import Spool
 from daemon.work_queue import WorkQueue
@@ -171,13 +171,19 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
     spool = Spool(settings.spool_dir)
     receive_to_files(spool.incoming)
     handlers = receiving_handlers(settings, sessions, spool, work)
-    listener = DicomListener.start(settings.dicom, handlers, shared_port=True)
-    if listener is None:
+    tls = tls_context(settings.dicom)
+    listeners = [
+        DicomListener.start(settings.dicom, handlers, shared_port=True),
+        *([DicomListener.start(settings.dicom, handlers, True, tls)] if tls else []),
+    ]
+    if None in listeners:
         sys.exit(1)
+    running = [listener for listener in listeners if listener is not None]
     # Stop when asked, or when the daemon is gone (killed without a drain):
     # a receiver must never go on accepting what nothing would triage.
     while not stop.wait(WATCH_SECONDS):
-        if os.getppid() != parent_pid or not listener.alive():
+        if os.getppid() != parent_pid or not all(listener.alive() for listener in running):
             break
-    listener.stop(RECEIVER_DRAIN_SECONDS)
+    for listener in running:
+        listener.stop(RECEIVER_DRAIN_SECONDS / len(running))
     engine.dispose()
