@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -70,9 +71,30 @@ class DicomSettings(Section):
     tls_private_key: str = dataclasses.field(default="", metadata=RESTART)
     tls_ca_certificates: str = dataclasses.field(default="", metadata=RESTART)
     tls_require_client_certificate: bool = dataclasses.field(default=True, metadata=RESTART)
+    # Listening beyond loopback with neither a calling AE allow-list nor TLS
+    # is refused at start-up unless this is true (and then logged loudly).
+    allow_open_network: bool = dataclasses.field(default=False, metadata=RESTART)
+
+    def beyond_loopback(self) -> bool:
+        """Whether peers on other hosts can reach the listener."""
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"  # a host name: assume it is reachable
+
+    def unprotected(self) -> bool:
+        """Reachable from other hosts with neither an AE allow-list nor TLS."""
+        return self.beyond_loopback() and not self.allowed_calling_aets and not self.tls_port
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
+        if self.unprotected() and not self.allow_open_network:
+            raise ConfigError(
+                f'Listening on {self.host} with no "dicom.allowed_calling_aets" and no '
+                '"dicom.tls_port": any host that reaches the port could store images and read '
+                "the urgent worklist. Set one of them, or listen on 127.0.0.1, or set "
+                '"dicom.allow_open_network = true" to accept that risk.'
+            )
         if not 0 <= self.tls_port <= 65535:
             raise ConfigError(f'Key "dicom.tls_port" must be in 0..65535, got {self.tls_port}.')
         if self.tls_port and not (self.tls_certificate and self.tls_private_key):

@@ -17,7 +17,6 @@ watchdog pings are sent only while every worker is alive.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import faulthandler
 import logging
 import os
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.config import Settings
 from daemon.delivery import Deliverer
+from daemon.exit_codes import ExitCode
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.listener import DicomListener, tls_context
@@ -63,13 +63,6 @@ EXIT_GRACE_SECONDS = 10.0
 # How long start-up waits for a database that cannot be reached (restarting,
 # failing over) before it exits with a status systemd restarts.
 DATABASE_WAIT_SECONDS = 60.0
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILURE = 1
-    CONFIG = 78  # EX_CONFIG from sysexits.h: systemd shows it by name
-    INTERRUPTED = 130
 
 
 def wait_for_database(engine: Engine, seconds: float) -> bool:
@@ -140,6 +133,7 @@ def _describe_running(
 def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     """Run until signalled; return the process exit code."""
     logger.info("Starting dicom-triage: %s", settings.describe())
+    _warn_if_exposed(settings)
     try:
         engine = create_database_engine(settings.storage.database_url)
         if not wait_for_database(engine, DATABASE_WAIT_SECONDS):
@@ -166,6 +160,26 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
     finally:
         logging.getLogger().removeHandler(last_error)
         engine.dispose()
+
+
+def _warn_if_exposed(settings: Settings) -> None:
+    """Say loudly, at every start, what the configuration leaves open."""
+    dicom = settings.dicom
+    if dicom.unprotected():
+        logger.warning(
+            "SECURITY: listening on %s:%d with no calling AE allow-list and no TLS "
+            "(dicom.allow_open_network = true): any host that reaches the port can store "
+            "images and read the urgent worklist",
+            dicom.host,
+            dicom.port,
+        )
+    elif dicom.beyond_loopback() and not dicom.allowed_calling_aets:
+        logger.warning(
+            "SECURITY: the plain port %d takes any calling AE title from other hosts; only "
+            "the TLS port %d checks who calls",
+            dicom.port,
+            dicom.tls_port,
+        )
 
 
 def _open_doors(

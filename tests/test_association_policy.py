@@ -46,3 +46,23 @@ def test_called_and_calling_ae_titles(tmp_path: Path, model_dirs: dict[str, Path
         assert ("rejected", "STRANGER") in audit
     finally:
         assert daemon.stop() == 0, daemon.log
+
+
+def test_an_open_listener_must_be_asked_for_and_says_so_at_every_start(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """Every interface (inside the test's loopback-only namespace), no allow-list,
+    no TLS: served only with allow_open_network, and logged as a SECURITY warning."""
+    daemon = TriageDaemon(
+        tmp_path / "state",
+        tiny_model_dirs,
+        TRIAGE_DICOM_HOST="0.0.0.0",
+        TRIAGE_DICOM_ALLOW_OPEN_NETWORK="true",
+    )
+    daemon.start()
+    try:
+        assert "WARNING daemon.lifecycle: SECURITY: listening on 0.0.0.0" in daemon.log
+        echoed = run_tool(["echoscu", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)])
+        assert echoed.returncode == 0, echoed.stdout + echoed.stderr
+    finally:
+        assert daemon.stop() == 0, daemon.log

@@ -91,3 +91,54 @@ def test_retry_schedule_in_dcm4chee_style() -> None:
     assert DeliverySettings("2x1s").max_attempts == 3
     with pytest.raises(ConfigError, match="retry_schedule"):
         load_settings(None, environ={"TRIAGE_DELIVERY_RETRY_SCHEDULE": "5y1m"})
+
+
+@pytest.mark.parametrize(
+    ("environ", "refused"),
+    [
+        ({"TRIAGE_DICOM_HOST": "0.0.0.0"}, True),
+        ({"TRIAGE_DICOM_HOST": "::"}, True),
+        ({"TRIAGE_DICOM_HOST": "10.1.2.3"}, True),
+        ({"TRIAGE_DICOM_HOST": "pacs-gateway.example"}, True),
+        ({"TRIAGE_DICOM_HOST": "127.0.0.1"}, False),
+        ({"TRIAGE_DICOM_HOST": "::1"}, False),
+        ({"TRIAGE_DICOM_HOST": "localhost"}, False),
+        ({"TRIAGE_DICOM_HOST": "0.0.0.0", "TRIAGE_DICOM_ALLOWED_CALLING_AETS": "OCT1"}, False),
+        (
+            {
+                "TRIAGE_DICOM_HOST": "0.0.0.0",
+                "TRIAGE_DICOM_TLS_PORT": "2762",
+                "TRIAGE_DICOM_TLS_CERTIFICATE": "/etc/triage/cert.pem",
+                "TRIAGE_DICOM_TLS_PRIVATE_KEY": "/etc/triage/key.pem",
+            },
+            False,
+        ),
+        ({"TRIAGE_DICOM_HOST": "0.0.0.0", "TRIAGE_DICOM_ALLOW_OPEN_NETWORK": "true"}, False),
+    ],
+)
+def test_listening_beyond_loopback_needs_an_allow_list_tls_or_an_explicit_opt_out(
+    tmp_path: Path, environ: dict[str, str], refused: bool
+) -> None:
+    environ = {"STATE_DIRECTORY": str(tmp_path), **environ}
+    if refused:
+        with pytest.raises(ConfigError, match="allow_open_network"):
+            load_settings(None, environ)
+    else:
+        load_settings(None, environ)
+
+
+def test_the_daemon_refuses_to_start_open_to_the_network(tmp_path: Path) -> None:
+    """Exit status 78 (configuration), which systemd does not restart, and the reason."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "serve"],
+        env={**os.environ, "STATE_DIRECTORY": str(tmp_path), "TRIAGE_DICOM_HOST": "0.0.0.0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "allow_open_network" in result.stdout + result.stderr

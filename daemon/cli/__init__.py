@@ -12,13 +12,17 @@ import sys
 from collections.abc import Sequence
 
 from daemon.cli.parser import build_parser
-from domain.errors import TriageError
+from daemon.exit_codes import ExitCode
+from domain.errors import ConfigError, TriageError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"triage: error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
     except TriageError as exc:
         print(f"triage: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
