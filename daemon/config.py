@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from domain.errors import ConfigError
 from domain.retry import RetryPolicy
 
@@ -126,6 +129,10 @@ class StorageSettings(Section):
     # Below this much free space in the spool, C-STOREs are refused with
     # 0xA700 (out of resources) so that the disk never fills.
     min_free_bytes: int = dataclasses.field(default=1_000_000_000, metadata=RESTART)
+    # The database password, from a file, never the TOML: this path, or else
+    # systemd's credential "database-password" (LoadCredential=, read from
+    # $CREDENTIALS_DIRECTORY) when there is one.
+    database_password_file: str = dataclasses.field(default="", metadata=RESTART)
 
     def validate(self) -> None:
         if self.min_free_bytes < 0:
@@ -137,13 +144,46 @@ class StorageSettings(Section):
 
     def resolved(self, environ: Mapping[str, str]) -> StorageSettings:
         state = Path(self.state_dir) if self.state_dir else default_state_dir(environ)
+        database_url = self.database_url or f"sqlite:///{state / 'triage.sqlite3'}"
+        if password_file := self._password_file(environ):
+            database_url = _with_password(database_url, password_file)
         return StorageSettings(
             state_dir=str(state),
-            database_url=self.database_url or f"sqlite:///{state / 'triage.sqlite3'}",
+            database_url=database_url,
             spool_dir=self.spool_dir or str(state / "spool"),
             duplicate_policy=self.duplicate_policy,
             min_free_bytes=self.min_free_bytes,
+            database_password_file=self.database_password_file,
         )
+
+    def _password_file(self, environ: Mapping[str, str]) -> Path | None:
+        if self.database_password_file:
+            return Path(self.database_password_file)
+        if credentials := environ.get("CREDENTIALS_DIRECTORY"):
+            candidate = Path(credentials) / DATABASE_PASSWORD_CREDENTIAL
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+DATABASE_PASSWORD_CREDENTIAL = "database-password"
+
+
+def _with_password(database_url: str, password_file: Path) -> str:
+    """``database_url`` with the password read from ``password_file``."""
+    url = make_url(database_url)
+    if url.password:
+        raise ConfigError(
+            f"The database URL has a password and {password_file} gives another: keep one, "
+            "in the file."
+        )
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the database password file {password_file}: {exc}") from exc
+    if not password:
+        raise ConfigError(f"The database password file {password_file} is empty.")
+    return url.set(password=password).render_as_string(hide_password=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +422,12 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Configuration file {path} is not valid TOML: {exc}") from exc
 
+    if _url_password(raw.get("storage", {}).get("database_url", "")):
+        raise ConfigError(
+            f"The database password must not sit in {path}: put it in a file named by "
+            '"storage.database_password_file", or in systemd\'s credential '
+            f'"{DATABASE_PASSWORD_CREDENTIAL}" (LoadCredential=; see docs/operations.md).'
+        )
     classes = _sections()
     unknown = set(raw) - set(classes) - {"destinations"}
     if unknown:
@@ -516,6 +562,16 @@ def _check_ae_title(key: str, value: str) -> None:
         raise ConfigError(f'Key "{key}" must be 1-16 ASCII characters, got {value!r}.')
     if value != value.strip():
         raise ConfigError(f'Key "{key}" must not have leading or trailing spaces.')
+
+
+def _url_password(database_url: str) -> str | None:
+    """The password in a database URL, if it has one."""
+    if not database_url:
+        return None
+    try:
+        return make_url(database_url).password
+    except ArgumentError:  # not a URL at all: the engine says so where it is used
+        return None
 
 
 def _redact_url(url: str) -> str:

@@ -142,3 +142,35 @@ def test_the_daemon_refuses_to_start_open_to_the_network(tmp_path: Path) -> None
     )
     assert result.returncode == 78, result.stdout + result.stderr
     assert "allow_open_network" in result.stdout + result.stderr
+
+
+def test_the_database_password_comes_from_a_file_never_the_toml(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://triage@db.example/triage"
+    config = tmp_path / "triage.toml"
+    config.write_text(
+        '[storage]\ndatabase_url = "postgresql+psycopg://triage:s3cret@db.example/triage"\n'
+    )
+    with pytest.raises(ConfigError, match="must not sit in"):
+        load_settings(config, {"STATE_DIRECTORY": str(tmp_path)})
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    config.write_text(f'[storage]\ndatabase_url = "{url}"\ndatabase_password_file = "{secret}"\n')
+    settings = load_settings(config, {"STATE_DIRECTORY": str(tmp_path)})
+    assert settings.storage.database_url == "postgresql+psycopg://triage:s3cret@db.example/triage"
+    assert "s3cret" not in settings.describe()
+
+    # systemd's LoadCredential=database-password:... without any key in the file.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "database-password").write_text("from-systemd")
+    config.write_text(f'[storage]\ndatabase_url = "{url}"\n')
+    settings = load_settings(
+        config, {"STATE_DIRECTORY": str(tmp_path), "CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    assert settings.storage.database_url.endswith("triage:from-systemd@db.example/triage")
+
+    secret.write_text("")
+    config.write_text(f'[storage]\ndatabase_url = "{url}"\ndatabase_password_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings(config, {"STATE_DIRECTORY": str(tmp_path)})
