@@ -16,11 +16,13 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from daemon.config import DicomSettings
 from daemon.scp import make_acceptor
@@ -65,6 +67,44 @@ class _Server(ThreadedAssociationServer):
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
+
+
+# PDUs of the association phase (A-ASSOCIATE-RQ with many contexts) may
+# exceed a small max_pdu_size; none needs more than this.
+ASSOCIATION_PDU_FLOOR = 1024 * 1024
+
+
+class _BoundedRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with every PDU's declared length checked
+    before it is read: pynetdicom reads whatever length a peer declares into
+    memory (up to 4 GiB), before the AE titles are even checked."""
+
+    def _create_association(self) -> Association:
+        association = super()._create_association()
+        limit = self.server.ae.maximum_pdu_size
+        if limit:
+            socket_ = association.dul.socket
+            assert socket_ is not None
+            bounded = _at_most(socket_.recv, max(limit, ASSOCIATION_PDU_FLOOR), self.client_address)
+            # An instance attribute: this association's socket alone.
+            setattr(socket_, "recv", bounded)  # noqa: B010
+        return association
+
+
+def _at_most(recv: Callable[[int], bytearray], limit: int, peer: Any) -> Callable[[int], bytearray]:
+    def recv_at_most(nr_bytes: int) -> bytearray:
+        if nr_bytes > limit:
+            logger.warning(
+                "Closed a connection from %s: it declared a PDU of %d bytes, over the %d allowed",
+                peer[0] if isinstance(peer, tuple) else peer,
+                nr_bytes,
+                limit,
+            )
+            # pynetdicom treats this as the transport closing (Evt17).
+            raise OSError("PDU over the size limit")
+        return recv(nr_bytes)
+
+    return recv_at_most
 
 
 class _SharedPortServer(_Server):
@@ -122,6 +162,7 @@ class DicomListener:
                 evt_handlers=handlers,
                 ssl_context=tls,
                 server_class=_SharedPortServer if shared_port else _Server,
+                request_handler=_BoundedRequestHandler,
             )
         except OSError as exc:
             logger.error("Cannot listen on %s:%d: %s", settings.host, port, exc)

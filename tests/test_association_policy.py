@@ -66,3 +66,42 @@ def test_an_open_listener_must_be_asked_for_and_says_so_at_every_start(
         assert echoed.returncode == 0, echoed.stdout + echoed.stderr
     finally:
         assert daemon.stop() == 0, daemon.log
+
+
+def test_a_peer_declaring_a_huge_pdu_is_cut_off_before_it_is_read(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """An A-ASSOCIATE-RQ that declares 2 GiB, followed by zeros: the daemon
+    closes the connection after the 6-byte header instead of reading it into
+    memory, and serves the next sender as usual."""
+    import socket
+    import struct
+
+    from phantoms.files import write_dicom_studies
+
+    files = sorted(write_dicom_studies("oct", tmp_path / "src", 1, seed=161).rglob("*.dcm"))
+    daemon = TriageDaemon(tmp_path / "state", tiny_model_dirs)
+    daemon.start()
+    try:
+        before = daemon.peak_memory_mib()
+        sent, limit = 0, 400 * 1024 * 1024
+        with socket.create_connection(("127.0.0.1", daemon.port)) as peer:
+            peer.sendall(struct.pack(">BBL", 0x01, 0, 2**31))
+            chunk = bytes(1024 * 1024)
+            try:
+                while sent < limit:
+                    peer.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # the daemon closed the connection
+        daemon.wait_for_log("declared a PDU of 2147483648 bytes")
+        sent_files = daemon.storescu(files)
+        assert sent_files.returncode == 0, sent_files.stdout + sent_files.stderr
+        grown = daemon.peak_memory_mib() - before
+        print(
+            f"\nsent {sent / 2**20:.0f} MiB before the daemon closed; peak memory +{grown:.0f} MiB"
+        )
+        assert sent < limit
+        assert grown < 64
+    finally:
+        assert daemon.stop() == 0, daemon.log
