@@ -23,6 +23,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from daemon.cli.process import MULTIPROCESS_METRICS_ENV
+
 logger = logging.getLogger(__name__)
 
 INSTANCES_RECEIVED = Counter("triage_instances_received", "C-STORE requests answered", ["outcome"])
@@ -81,9 +83,8 @@ class MetricsEndpoint:
 
     def __init__(self, port: int) -> None:
         registry = REGISTRY
-        # prometheus_client's own variable, set by the entry point
-        # (``cli.process.share_metrics_between_processes``).
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Set by the entry point (``share_metrics_between_processes``).
+        if os.environ.get(MULTIPROCESS_METRICS_ENV):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         self.server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)

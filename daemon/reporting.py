@@ -138,7 +138,8 @@ class ReportBuilder(Worker):
         stable = self.runtime.current().settings.study.stable_seconds
         with self.sessions() as session:
             ready = queries.studies_ready_to_report(session, stable)
-            self._until_quiet = queries.seconds_until_quiet(session, stable)
+            # Only an idle round waits (a busy one starts the next at once).
+            self._until_quiet = None if ready else queries.seconds_until_quiet(session, stable)
         for study_id in ready:
             if self.stop.is_set():
                 break

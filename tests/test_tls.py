@@ -36,23 +36,17 @@ def _openssl(*arguments: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _key_and_request(key: Path, out: Path, name: str, *options: str) -> None:
+    """A new RSA key and, with ``options``, a self-signed certificate or a request."""
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(out),
+        "-subj", f"/CN={name}", *options,
+    )  # fmt: skip
+
+
 def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     key, certificate = folder / f"{name}.key", folder / f"{name}.pem"
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(certificate),
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-    )
+    _key_and_request(key, certificate, name, "-x509", "-days", "2")
     return key, certificate
 
 
@@ -63,19 +57,7 @@ def _signed(
     that the validity can lie in the past)."""
     key, request, certificate = (folder / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
     extension = ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"] if server else []
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(request),
-        "-subj",
-        f"/CN={name}",
-        *extension,
-    )
+    _key_and_request(key, request, name, *extension)
     ca_folder = folder / f"ca-{name}"
     ca_folder.mkdir()
     (ca_folder / "index.txt").write_text("")
@@ -83,20 +65,9 @@ def _signed(
     config = ca_folder / "ca.cnf"
     config.write_text(CA_CONFIG.format(folder=ca_folder))
     _openssl(
-        "ca",
-        "-batch",
-        "-config",
-        str(config),
-        "-keyfile",
-        str(ca[0]),
-        "-cert",
-        str(ca[1]),
-        "-in",
-        str(request),
-        "-out",
-        str(certificate),
-        *(validity or ("-days", "2")),
-    )
+        "ca", "-batch", "-config", str(config), "-keyfile", str(ca[0]), "-cert", str(ca[1]),
+        "-in", str(request), "-out", str(certificate), *(validity or ("-days", "2")),
+    )  # fmt: skip
     return key, certificate
 
 
