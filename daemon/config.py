@@ -240,6 +240,14 @@ class Destination(Section):
     ae_title: str
     host: str
     port: int
+    # DICOM TLS towards this destination. Its certificate must be signed by
+    # tls_ca_certificates (empty: [dicom] tls_ca_certificates, else the
+    # system's trust store) and, with tls_check_hostname, name the host.
+    # This node presents [dicom] tls_certificate and tls_private_key, when
+    # set, to a PACS that requires a client certificate.
+    tls: bool = False
+    tls_ca_certificates: str = ""
+    tls_check_hostname: bool = True
 
     def validate(self) -> None:
         _check_ae_title("destinations.ae_title", self.ae_title)

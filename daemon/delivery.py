@@ -22,21 +22,25 @@ Instance UID (a PACS keeps one copy).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
-from daemon.config import DeliverySettings
+from daemon.config import DeliverySettings, Settings
 from daemon.runtime import CurrentRuntime
 from daemon.status import Status
 from daemon.worker import Worker
 from dicom_io.network import set_nodelay
+from dicom_io.tls import client_context
 from domain.errors import DeliveryError
 from domain.retry import Backoff
 from storage import queries
@@ -54,12 +58,45 @@ BREAKER_MAX_SECONDS = 60.0
 logger = logging.getLogger(__name__)
 
 
-def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_title: str) -> None:
+TlsArgs = tuple[ssl.SSLContext, str]
+
+
+def destination_tls(settings: Settings, destination: queries.Destination) -> TlsArgs | None:
+    """The TLS context and server name for ``destination``, if it is
+    configured with ``tls``; None for a plain one or one no longer
+    configured. ``TriageError`` names a certificate file that is wrong."""
+    host = destination[1]
+    for configured in settings.destinations:
+        if (configured.ae_title, configured.host, configured.port) != destination:
+            continue
+        if not configured.tls:
+            return None
+        dicom = settings.dicom
+        ca = configured.tls_ca_certificates or dicom.tls_ca_certificates
+        identity = dicom.tls_certificate and dicom.tls_private_key
+        context = client_context(
+            Path(ca) if ca else None,
+            Path(dicom.tls_certificate) if identity else None,
+            Path(dicom.tls_private_key) if identity else None,
+            configured.tls_check_hostname,
+        )
+        return context, host
+    return None
+
+
+def c_store(
+    content: bytes,
+    ae_title: str,
+    host: str,
+    port: int,
+    calling_ae_title: str,
+    tls: TlsArgs | None = None,
+) -> None:
     """Send one DICOM file's bytes; raise ``DeliveryError`` unless it succeeds.
 
-    Every wait is bounded: the TCP connection, the association and each
-    DIMSE message, so a peer that accepts connections and never answers
-    costs at most about a minute.
+    Every wait is bounded: the TCP connection (with the TLS handshake), the
+    association and each DIMSE message, so a peer that accepts connections
+    and never answers costs at most about a minute.
     """
     dataset = dcmread(BytesIO(content))
     ae = AE(ae_title=calling_ae_title)
@@ -68,9 +105,10 @@ def c_store(content: bytes, ae_title: str, host: str, port: int, calling_ae_titl
     ae.dimse_timeout = DIMSE_TIMEOUT_SECONDS
     ae.network_timeout = DIMSE_TIMEOUT_SECONDS
     ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(host, port, ae_title=ae_title, max_pdu=0)
+    assoc = ae.associate(host, port, ae_title=ae_title, max_pdu=0, tls_args=tls)
     if not assoc.is_established:
-        raise DeliveryError(f"Association with {ae_title}@{host}:{port} was not established.")
+        over = " over TLS (see pynetdicom's log for the handshake)" if tls else ""
+        raise DeliveryError(f"Association with {ae_title}@{host}:{port}{over} was not established.")
     try:
         # pynetdicom never sets TCP_NODELAY; towards dcmtk-based PACS the
         # reply would otherwise wait for a delayed ACK.
@@ -149,7 +187,16 @@ class CircuitBreaker:
         return seconds
 
 
-Send = Callable[[bytes, str, str, int, str], None]
+class Send(Protocol):
+    def __call__(
+        self,
+        content: bytes,
+        ae_title: str,
+        host: str,
+        port: int,
+        calling_ae_title: str,
+        tls: TlsArgs | None = None,
+    ) -> None: ...
 
 
 class DeliveryWorker(Worker):
@@ -195,7 +242,10 @@ class DeliveryWorker(Worker):
         ae_title, host, port = self.destination
         error: Exception | None = None
         try:
-            self.send(content, ae_title, host, port, settings.dicom.ae_title)
+            # Built for each attempt (about a millisecond): a renewed
+            # certificate is used without a restart.
+            tls = destination_tls(settings, self.destination)
+            self.send(content, ae_title, host, port, settings.dicom.ae_title, tls)
         except Exception as exc:
             error = exc
         with self.sessions() as session, session.begin():

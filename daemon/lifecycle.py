@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.config import Settings
-from daemon.delivery import Deliverer
+from daemon.delivery import Deliverer, destination_tls
 from daemon.exit_codes import ExitCode
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
@@ -146,6 +146,8 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
             logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
         receive_to_files(spool.incoming)
         tls = tls_context(settings.dicom)
+        for destination in settings.destinations:  # a wrong certificate file stops the start
+            destination_tls(settings, (destination.ae_title, destination.host, destination.port))
     except StorageError as exc:
         logger.error("%s", exc)
         return ExitCode.CONFIG

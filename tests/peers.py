@@ -207,43 +207,41 @@ class TriageDaemon:
         finally:
             assert self.stop() == 0, self.log
 
-    def findscu_worklist(self, out_dir: Path, *keys: str) -> subprocess.CompletedProcess[str]:
-        """A Modality Worklist C-FIND by dcmtk; answers are written as rsp*.dcm in out_dir."""
+    def findscu_worklist(
+        self,
+        out_dir: Path,
+        *keys: str,
+        options: Sequence[str] = (),
+        port: int | None = None,
+        calling: str = "CLINIC",
+    ) -> subprocess.CompletedProcess[str]:
+        """A Modality Worklist C-FIND by dcmtk (``options`` such as ``+tls``,
+        to ``port`` rather than the plain one); answers are written as
+        rsp*.dcm in out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)
         arguments = [item for key in keys for item in ("-k", key)]
         return run_tool(
             [
-                "findscu",
-                "-W",
-                "-X",
-                "-od",
-                str(out_dir),
-                "-aet",
-                "CLINIC",
-                "-aec",
-                "TRIAGE",
-                *arguments,
-                "127.0.0.1",
-                str(self.port),
+                "findscu", "-W", "-X", "-od", str(out_dir), *options,
+                "-aet", calling, "-aec", "TRIAGE", *arguments,
+                "127.0.0.1", str(port or self.port),
             ]
-        )
+        )  # fmt: skip
 
-    def storescu_command(self, files: Sequence[Path], *options: str) -> list[str]:
-        """dcmtk's storescu as the scanner SCANNER, sending ``files`` to this daemon."""
+    def storescu_command(
+        self, files: Sequence[Path], *options: str, port: int | None = None
+    ) -> list[str]:
+        """dcmtk's storescu as the scanner SCANNER, sending ``files`` to this
+        daemon (to ``port`` rather than the plain one)."""
         return [
-            "storescu",
-            *options,
-            "-aet",
-            "SCANNER",
-            "-aec",
-            "TRIAGE",
-            "127.0.0.1",
-            str(self.port),
-            *map(str, files),
-        ]
+            "storescu", *options, "-aet", "SCANNER", "-aec", "TRIAGE",
+            "127.0.0.1", str(port or self.port), *map(str, files),
+        ]  # fmt: skip
 
-    def storescu(self, files: Sequence[Path], *options: str) -> subprocess.CompletedProcess[str]:
-        return run_tool(self.storescu_command(files, *options))
+    def storescu(
+        self, files: Sequence[Path], *options: str, port: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_tool(self.storescu_command(files, *options, port=port))
 
     def peak_memory_mib(self) -> float:
         """The daemon process's peak resident memory so far (VmHWM)."""
@@ -264,7 +262,9 @@ class Orthanc:
         self.process: subprocess.Popen[bytes] | None = None
         self.triage_port = 0
 
-    def start(self, triage_port: int = 11112) -> None:
+    def start(self, triage_port: int = 11112, **options: Any) -> None:
+        """Start with the test configuration and ``options`` over it
+        (for example ``DicomTlsEnabled=True``)."""
         if shutil.which("Orthanc") is None:
             raise RuntimeError("Orthanc is not installed: run tests/install_system_deps.sh")
         self.triage_port = triage_port
@@ -281,6 +281,7 @@ class Orthanc:
             "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "index"),
             "Plugins": [],
+            **options,
         }
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))
