@@ -57,6 +57,11 @@ class DicomSettings(Section):
     host: str = dataclasses.field(default="127.0.0.1", metadata=RESTART)
     port: int = dataclasses.field(default=11112, metadata=RESTART)
     allowed_calling_aets: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
+    # Source networks that may connect ("10.20.0.0/16", "192.168.4.7"): a
+    # connection from elsewhere is closed before a byte of it is read.
+    # Empty: any source. Loopback is not implied: add 127.0.0.1 for local
+    # tools. ``triage systemd-dropin`` turns them into IPAddressAllow=.
+    allowed_networks: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
     max_associations: int = dataclasses.field(default=10, metadata=RESTART)
     network_timeout_seconds: float = dataclasses.field(default=60.0, metadata=RESTART)
     # The largest PDU a peer may send, declared in the association and
@@ -90,18 +95,27 @@ class DicomSettings(Section):
             return self.host != "localhost"  # a host name: assume it is reachable
 
     def unprotected(self) -> bool:
-        """Reachable from other hosts with neither an AE allow-list nor TLS."""
-        return self.beyond_loopback() and not self.allowed_calling_aets and not self.tls_port
+        """Reachable from other hosts with no allow-list (AE titles or
+        networks) and no TLS."""
+        return self.beyond_loopback() and not (
+            self.allowed_calling_aets or self.allowed_networks or self.tls_port
+        )
+
+    def network_allowed(self, address: str) -> bool:
+        """Whether a peer at ``address`` may connect (any, without a list)."""
+        return not self.allowed_networks or address_in(address, self.allowed_networks)
 
     def validate(self) -> None:
         _check_ae_title("dicom.ae_title", self.ae_title)
         if self.unprotected() and not self.allow_open_network:
             raise ConfigError(
-                f'Listening on {self.host} with no "dicom.allowed_calling_aets" and no '
-                '"dicom.tls_port": any host that reaches the port could store images and read '
-                "the urgent worklist. Set one of them, or listen on 127.0.0.1, or set "
-                '"dicom.allow_open_network = true" to accept that risk.'
+                f'Listening on {self.host} with no "dicom.allowed_calling_aets", no '
+                '"dicom.allowed_networks" and no "dicom.tls_port": any host that reaches the '
+                "port could store images and read the urgent worklist. Set one of them, or "
+                'listen on 127.0.0.1, or set "dicom.allow_open_network = true" to accept that '
+                "risk."
             )
+        _check_networks("dicom.allowed_networks", self.allowed_networks)
         if not 0 <= self.tls_port <= 65535:
             raise ConfigError(f'Key "dicom.tls_port" must be in 0..65535, got {self.tls_port}.')
         if self.tls_port and not (self.tls_certificate and self.tls_private_key):
@@ -118,6 +132,56 @@ class DicomSettings(Section):
             raise ConfigError('Key "dicom.max_associations" must be at least 1.')
         if self.max_pdu_size != 0 and not 4096 <= self.max_pdu_size <= 2**32 - 1:
             raise ConfigError('Key "dicom.max_pdu_size" must be 0 (unlimited) or at least 4096.')
+
+
+def address_in(address: str, networks: tuple[str, ...]) -> bool:
+    """Whether ``address`` (IPv4, IPv6, IPv4-mapped IPv6) lies in one of
+    ``networks`` ("10.20.0.0/16", "192.168.4.7"; host bits may be set)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(text, strict=False) for text in networks)
+
+
+def _check_networks(key: str, networks: tuple[str, ...]) -> None:
+    for text in networks:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f'Key "{key}": {exc}.') from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class WorklistSettings(Section):
+    """Who may read the urgent worklist, and how much one answer holds.
+
+    A query is answered only to a calling AE title in allowed_calling_aets
+    (when set) from an address in allowed_networks (when set); with neither
+    set, only to peers on this host (loopback). Others get 0x0124
+    (Refused: not authorized).
+    """
+
+    allowed_calling_aets: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
+    allowed_networks: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
+    # The most recent matching items, at most, in one answer.
+    max_answers: int = dataclasses.field(default=500, metadata=RESTART)
+
+    def allows(self, calling_ae_title: str, address: str) -> bool:
+        if not (self.allowed_calling_aets or self.allowed_networks):
+            return address_in(address, ("127.0.0.0/8", "::1/128"))
+        if self.allowed_calling_aets and calling_ae_title.strip() not in self.allowed_calling_aets:
+            return False
+        return not self.allowed_networks or address_in(address, self.allowed_networks)
+
+    def validate(self) -> None:
+        for aet in self.allowed_calling_aets:
+            _check_ae_title("worklist.allowed_calling_aets", aet)
+        _check_networks("worklist.allowed_networks", self.allowed_networks)
+        if not 1 <= self.max_answers <= 10_000:
+            raise ConfigError('Key "worklist.max_answers" must be in 1..10000.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,6 +445,7 @@ class Settings:
     study: StudySettings = StudySettings()
     delivery: DeliverySettings = DeliverySettings()
     occlusion: OcclusionSettings = OcclusionSettings()
+    worklist: WorklistSettings = WorklistSettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

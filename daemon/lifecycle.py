@@ -175,7 +175,7 @@ def _warn_if_exposed(settings: Settings) -> None:
             dicom.host,
             dicom.port,
         )
-    elif dicom.beyond_loopback() and not dicom.allowed_calling_aets:
+    elif dicom.beyond_loopback() and not (dicom.allowed_calling_aets or dicom.allowed_networks):
         logger.warning(
             "SECURITY: the plain port %d takes any calling AE title from other hosts; only "
             "the TLS port %d checks who calls",

@@ -40,6 +40,18 @@ class _Server(ThreadedAssociationServer):
     connection closed."""
 
     reuse_port = False
+    # Whether a source address may connect (``[dicom] allowed_networks``).
+    network_allowed: Callable[[str], bool] = staticmethod(lambda _address: True)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Close a connection from outside the allowed networks before any
+        of it is read (socketserver's hook, called in the accept loop)."""
+        if self.network_allowed(str(client_address[0])):
+            return True
+        logger.warning(
+            "Refused a connection from %s: not in dicom.allowed_networks", client_address[0]
+        )
+        return False
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -167,6 +179,8 @@ class DicomListener:
         except OSError as exc:
             logger.error("Cannot listen on %s:%d: %s", settings.host, port, exc)
             return None
+        assert isinstance(server, _Server)
+        server.network_allowed = settings.network_allowed
         return cls(ae, server, "dicom-tls-listener" if tls is not None else "dicom-listener")
 
     @property

@@ -145,7 +145,9 @@ def receiving_handlers(
         min_free_bytes=settings.storage.min_free_bytes,
         audit=audit,
     )
-    return event_handlers(ingest, handle_find, [sessions, settings.dicom.ae_title, audit])
+    return event_handlers(
+        ingest, handle_find, [sessions, settings.dicom.ae_title, settings.worklist, audit]
+    )
 
 
 def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: int) -> None:

@@ -12,6 +12,8 @@ class Status(IntEnum):
     CANCEL = 0xFE00
     # PS3.7 C.4: general processing failure
     PROCESSING_FAILURE = 0x0110
+    # PS3.7 C.5.x: Refused, not authorized (any DIMSE service)
+    NOT_AUTHORIZED = 0x0124
     # PS3.4 B.2.3: Warning, coercion of data elements
     COERCION_OF_DATA_ELEMENTS = 0xB000
     # PS3.4 B.2.3: Refused, out of resources (A7xx)

@@ -6,8 +6,9 @@ Matching follows PS3.4 C.2.2.2: Patient ID, Patient's Name, Accession
 Number and Study Instance UID by single value or ``*``/``?`` wildcards (no
 other character is special); in the Scheduled Procedure Step Sequence, the
 Modality and Scheduled Station AE Title the same way, and the start date and
-time by range. The answer is bounded: the ``MAX_ANSWERS`` most recent
-matching items.
+time by range. The answer is bounded: the ``[worklist] max_answers`` most
+recent matching items, each holding only the attributes the query asked for
+(PS3.4 C.2.2.1.2). Only the peers ``[worklist]`` allows are answered.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit import AssociationAudit
+from daemon.config import WorklistSettings
 from daemon.status import Status
 from storage.queries import WorklistEntry, urgent_worklist
 
 logger = logging.getLogger(__name__)
 
 PRIORITY_STAT = "STAT"
-# At most this many items in one answer, the most recent matching decisions
-# (a query narrows them by date, station, modality or patient), out of at
-# most MAX_SCANNED urgent studies read for one query.
-MAX_ANSWERS = 500
+# At most this many urgent studies are read for one query; of those, the
+# [worklist] max_answers most recent that match are answered.
 MAX_SCANNED = 20_000
 
 
@@ -119,15 +119,45 @@ def matches_query(entry: WorklistEntry, query: Dataset, station_ae_title: str) -
     )
 
 
+def only_asked(answer: Dataset, query: Dataset) -> Dataset:
+    """``answer`` with only the attributes ``query`` holds (and its character
+    set). In a sequence, an item with keys asks for those keys; an empty
+    sequence or item asks for every attribute of its items."""
+    kept = Dataset()
+    if "SpecificCharacterSet" in answer:
+        kept.SpecificCharacterSet = answer.SpecificCharacterSet
+    for element in answer:
+        if element.tag not in query or element.keyword == "SpecificCharacterSet":
+            continue
+        asked = query[element.tag]
+        if element.VR == "SQ" and asked.VR == "SQ" and len(asked.value) and len(asked.value[0]):
+            kept.add_new(
+                element.tag, "SQ", [only_asked(item, asked.value[0]) for item in element.value]
+            )
+        else:
+            kept.add(element)
+    return kept
+
+
 def handle_find(
     event: Any,
     sessions: sessionmaker[Session],
     station_ae_title: str,
+    policy: WorklistSettings,
     audit: AssociationAudit | None = None,
 ) -> Iterator[tuple[int, Dataset | None]]:
     """C-FIND handler: yield one pending response per matching urgent study."""
     if audit is not None:
         audit.query_answered(event.assoc)
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if not policy.allows(calling, str(event.assoc.requestor.address)):
+        logger.warning(
+            "Refused a worklist query from %s at %s: not allowed by [worklist]",
+            calling,
+            event.assoc.requestor.address,
+        )
+        yield Status.NOT_AUTHORIZED, None
+        return
     try:
         query = event.identifier
         with sessions() as session:
@@ -137,13 +167,13 @@ def handle_find(
         yield Status.UNABLE_TO_PROCESS, None
         return
     matched = [entry for entry in entries if matches_query(entry, query, station_ae_title)]
-    if len(matched) > MAX_ANSWERS:
+    if len(matched) > policy.max_answers:
         logger.warning(
             "Worklist query matched %d items; answering the %d most recent",
             len(matched),
-            MAX_ANSWERS,
+            policy.max_answers,
         )
-        matched = matched[-MAX_ANSWERS:]
+        matched = matched[-policy.max_answers :]
     logger.info(
         "Worklist query from %s: %d urgent item(s)", event.assoc.requestor.ae_title, len(matched)
     )
@@ -151,4 +181,4 @@ def handle_find(
         if event.is_cancelled:
             yield Status.CANCEL, None
             return
-        yield Status.PENDING, entry_to_dataset(entry, station_ae_title)
+        yield Status.PENDING, only_asked(entry_to_dataset(entry, station_ae_title), query)

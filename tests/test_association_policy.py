@@ -105,3 +105,57 @@ def test_a_peer_declaring_a_huge_pdu_is_cut_off_before_it_is_read(
         assert grown < 64
     finally:
         assert daemon.stop() == 0, daemon.log
+
+
+def test_who_may_connect_and_read_the_worklist(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    """Listening on every interface with a source-network allow-list: a peer
+    from 127.0.0.2 is closed before it is read, 127.0.0.1 is served. The
+    worklist answers only its AE titles, and only the attributes asked for."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    from phantoms.files import write_dicom_studies
+
+    files = sorted(write_dicom_studies("oct", tmp_path / "src", 1, seed=162).rglob("*.dcm"))
+    daemon = TriageDaemon(
+        tmp_path / "state",
+        model_dirs,
+        TRIAGE_DICOM_HOST="0.0.0.0",
+        TRIAGE_DICOM_ALLOWED_NETWORKS="127.0.0.1/32",
+        TRIAGE_WORKLIST_ALLOWED_CALLING_AETS="CLINIC",
+    )
+    daemon.start()
+    try:
+        assert "SECURITY" not in daemon.log
+        ae = AE(ae_title="ELSEWHERE")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        outsider = ae.associate(
+            "127.0.0.1", daemon.port, ae_title="TRIAGE", bind_address=("127.0.0.2", 0)
+        )
+        assert not outsider.is_established
+        daemon.wait_for_log("Refused a connection from 127.0.0.2: not in dicom.allowed_networks")
+        assert daemon.storescu(files).returncode == 0
+        daemon.wait_for_reported_studies(len(files))
+
+        answers = tmp_path / "clinic"
+        found = daemon.findscu_worklist(
+            answers, "PatientID=", "ScheduledProcedureStepSequence[0].Modality="
+        )
+        assert found.returncode == 0, found.stdout + found.stderr
+        responses = [dcmread(p) for p in sorted(answers.glob("rsp*.dcm"))]
+        assert responses, daemon.log
+        for response in responses:
+            asked = {"SpecificCharacterSet", "PatientID", "ScheduledProcedureStepSequence"}
+            assert set(response.dir()) <= asked, response
+            assert "PatientName" not in response and "PatientBirthDate" not in response
+            assert response.ScheduledProcedureStepSequence[0].dir() == ["Modality"]
+
+        refused = daemon.findscu_worklist(
+            tmp_path / "snoop", "PatientID=", calling="SNOOP", options=["-v"]
+        )
+        assert not list((tmp_path / "snoop").glob("rsp*.dcm"))
+        # 0x0124, Refused: not authorized (PS3.7 C.5); dcmtk knows no name for it.
+        assert "Final Find Response (Unknown Status: 0x124)" in refused.stderr, refused.stderr
+        daemon.wait_for_log("Refused a worklist query from SNOOP")
+    finally:
+        assert daemon.stop() == 0, daemon.log

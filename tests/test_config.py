@@ -174,3 +174,38 @@ def test_the_database_password_comes_from_a_file_never_the_toml(tmp_path: Path) 
     config.write_text(f'[storage]\ndatabase_url = "{url}"\ndatabase_password_file = "{secret}"\n')
     with pytest.raises(ConfigError, match="is empty"):
         load_settings(config, {"STATE_DIRECTORY": str(tmp_path)})
+
+
+def test_allowed_networks_and_the_worklist_policy(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        {
+            "STATE_DIRECTORY": str(tmp_path),
+            "TRIAGE_DICOM_HOST": "0.0.0.0",
+            "TRIAGE_DICOM_ALLOWED_NETWORKS": "10.20.0.0/16,192.168.4.7,fd00::/8",
+            "TRIAGE_WORKLIST_ALLOWED_CALLING_AETS": "READING1",
+            "TRIAGE_WORKLIST_ALLOWED_NETWORKS": "10.20.30.0/24",
+        },
+    )
+    dicom, worklist = settings.dicom, settings.worklist
+    assert not dicom.unprotected()
+    assert dicom.network_allowed("10.20.255.1")
+    assert dicom.network_allowed("::ffff:192.168.4.7")  # IPv4 on an IPv6 socket
+    assert dicom.network_allowed("fd00::1")
+    assert not dicom.network_allowed("192.168.4.8")
+    assert not dicom.network_allowed("127.0.0.1")  # loopback is not implied
+    assert not dicom.network_allowed("not an address")
+    assert worklist.allows("READING1", "10.20.30.4")
+    assert not worklist.allows("READING1", "10.20.31.4")
+    assert not worklist.allows("SNOOP", "10.20.30.4")
+    # Without either list: this host only.
+    default = load_settings(None, {"STATE_DIRECTORY": str(tmp_path)}).worklist
+    assert default.allows("ANY", "127.0.0.1") and default.allows("ANY", "::1")
+    assert not default.allows("ANY", "10.20.30.4")
+    for key, value in (
+        ("TRIAGE_DICOM_ALLOWED_NETWORKS", "10.20.0.0/33"),
+        ("TRIAGE_WORKLIST_ALLOWED_NETWORKS", "hospital"),
+        ("TRIAGE_WORKLIST_MAX_ANSWERS", "0"),
+    ):
+        with pytest.raises(ConfigError, match=key.removeprefix("TRIAGE_").split("_")[0].lower()):
+            load_settings(None, {"STATE_DIRECTORY": str(tmp_path), key: value})

@@ -22,17 +22,39 @@ from tests.peers import TriageDaemon, free_port
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dicom-triage.service"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
-    # verify checks that ExecStart exists: point it at this environment's triage.
-    triage = Path(sys.executable).parent / "triage"
-    assert triage.exists()
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/dicom-triage/.venv/bin/triage", str(triage)))
+def _exposure(unit: Path) -> float:
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure, security.stdout + security.stderr
+    return float(exposure.group(1))
+
+
+def _verify(unit: Path) -> None:
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def _local_unit(folder: Path, extra: str = "") -> Path:
+    """The unit with ExecStart at this environment's triage (verify checks it
+    exists), and ``extra`` lines added to its [Service] section."""
+    triage = Path(sys.executable).parent / "triage"
+    assert triage.exists()
+    unit = folder / UNIT.name
+    text = UNIT.read_text().replace("/opt/dicom-triage/.venv/bin/triage", str(triage))
+    unit.write_text(text.replace("\n[Install]", f"{extra}\n[Install]"))
+    return unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
+    _verify(_local_unit(tmp_path))
     text = UNIT.read_text()
     for line in (
         "Type=notify",
@@ -43,15 +65,44 @@ def test_unit_verifies_without_any_output(tmp_path: Path) -> None:
         "MemoryMax=8G",
     ):
         assert line in text.splitlines()
-    security = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    assert _exposure(_local_unit(tmp_path)) <= 2.0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_the_network_dropin_fences_the_unit_to_the_configured_peers(tmp_path: Path) -> None:
+    config = tmp_path / "triage.toml"
+    config.write_text(
+        '[dicom]\nhost = "0.0.0.0"\nallowed_networks = ["10.20.0.0/16", "192.168.4.7"]\n'
+        '[worklist]\nallowed_networks = ["10.30.0.0/24"]\n'
+        '[storage]\ndatabase_url = "postgresql+psycopg://triage@10.40.0.5/triage"\n'
+        '[[destinations]]\nae_title = "PACS"\nhost = "10.50.0.9"\nport = 104\n'
+        '[[destinations]]\nae_title = "LOCAL"\nhost = "localhost"\nport = 4242\n'
     )
-    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
-    assert exposure, security.stdout + security.stderr
-    assert float(exposure.group(1)) <= 2.0, security.stdout
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
+    made = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "systemd-dropin", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    settings = [line for line in made.stdout.splitlines() if not line.startswith("#")]
+    assert settings[:2] == ["[Service]", "IPAddressDeny=any"]
+    allowed = [line.removeprefix("IPAddressAllow=") for line in settings[2:]]
+    assert allowed[:5] == ["localhost", "10.20.0.0/16", "192.168.4.7", "10.30.0.0/24", "10.50.0.9"]
+    assert "127.0.0.1" in allowed and "10.40.0.5" in allowed  # destination "localhost"; database
+    assert "(localhost, resolved now)" in made.stdout
+    (tmp_path / "fenced").mkdir()
+    fenced = _local_unit(tmp_path / "fenced", "\n" + made.stdout.split("[Service]\n", 1)[1])
+    _verify(fenced)
+    assert _exposure(fenced) < _exposure(_local_unit(tmp_path)) <= 2.0
+
+    # No source networks: no fence that would not cut the scanners off.
+    config.write_text('[dicom]\nallowed_calling_aets = ["OCT1"]\n')
+    refused = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "systemd-dropin", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 78
+    assert "dicom.allowed_networks" in refused.stderr
 
 
 def test_ready_once_and_watchdog_pings(tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> None:

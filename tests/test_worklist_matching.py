@@ -85,3 +85,27 @@ def test_an_empty_sequence_item_matches_everything() -> None:
     query = Dataset()
     query.ScheduledProcedureStepSequence = []
     assert matches_query(_entry(), query, STATION)
+
+
+def test_an_answer_holds_only_what_was_asked() -> None:
+    from daemon.worklist import entry_to_dataset, only_asked
+
+    answer = entry_to_dataset(_entry(), "TRIAGE")
+    query = Dataset()
+    query.PatientID = ""
+    step = Dataset()
+    step.Modality = ""
+    query.ScheduledProcedureStepSequence = [step]
+    kept = only_asked(answer, query)
+    assert set(kept.dir()) == {
+        "SpecificCharacterSet",
+        "PatientID",
+        "ScheduledProcedureStepSequence",
+    }
+    assert kept.PatientID == answer.PatientID
+    assert kept.ScheduledProcedureStepSequence[0].dir() == ["Modality"]
+    # An empty sequence asks for whole items.
+    query.ScheduledProcedureStepSequence = []
+    whole = only_asked(answer, query).ScheduledProcedureStepSequence[0]
+    assert whole == answer.ScheduledProcedureStepSequence[0]
+    assert "PatientBirthDate" not in only_asked(answer, Dataset())

@@ -7,7 +7,7 @@ import argparse
 from daemon import __version__
 from daemon.cli.models import cmd_demo, cmd_evaluate, cmd_phantoms, cmd_quantize, cmd_train
 from daemon.cli.records import cmd_outbox, cmd_purge, cmd_worklist
-from daemon.cli.service import cmd_db, cmd_serve, cmd_status
+from daemon.cli.service import cmd_db, cmd_serve, cmd_status, cmd_systemd_dropin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
     status.set_defaults(handler=cmd_status)
+
+    dropin = with_config(
+        sub.add_parser(
+            "systemd-dropin",
+            help="print the unit drop-in that limits the service to its configured networks",
+            description="Print IPAddressDeny=any and an IPAddressAllow= for loopback, [dicom] "
+            "and [worklist] allowed_networks, each destination and the database server "
+            "(host names resolved now). Install it as "
+            "/etc/systemd/system/dicom-triage.service.d/network.conf.",
+        )
+    )
+    dropin.set_defaults(handler=cmd_systemd_dropin)
 
     demo = with_config(
         sub.add_parser(

@@ -48,6 +48,13 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_systemd_dropin(args: argparse.Namespace) -> int:
+    from daemon.unit_network import network_dropin
+
+    print(network_dropin(settings_from(args)), end="")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.health import judge, read_status
 
