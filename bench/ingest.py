@@ -147,7 +147,15 @@ def orthanc(folder: Path) -> Iterator[int]:
 
 @contextlib.contextmanager
 def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterator[int]:
-    process = TriageDaemon(folder, models, **{"TRIAGE_DICOM_MAX_ASSOCIATIONS": "16", **env})
+    process = TriageDaemon(
+        folder,
+        models,
+        **{
+            "TRIAGE_DICOM_MAX_ASSOCIATIONS": "16",
+            "TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER": "16",
+            **env,
+        },
+    )
     process.start()
     try:
         yield process.port

@@ -124,6 +124,7 @@ def start_daemon(
         **env,
         TRIAGE_STUDY_STABLE_SECONDS=str(STABLE_SECONDS),
         TRIAGE_DICOM_MAX_ASSOCIATIONS="32",
+        TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER="32",
         TRIAGE_DESTINATIONS=(
             f'[{{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": {pacs.dicom_port}}}]'
         ),

@@ -114,6 +114,7 @@ def main() -> None:
         ),
         # Both scanners at full parallelism, and room for the worklist.
         TRIAGE_DICOM_MAX_ASSOCIATIONS=str(2 * args.parallel + 8),
+        TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER=str(2 * args.parallel + 8),
         TRIAGE_STORAGE_SPOOL_DIR=str(spool),
         TRIAGE_STORAGE_MIN_FREE_BYTES="0",
         TRIAGE_DELIVERY_RETRY_SCHEDULE="1000x1s",

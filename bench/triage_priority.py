@@ -31,6 +31,7 @@ def seconds_to_triage(
         models,
         TRIAGE_OCCLUSION_ENABLED=str(maps).lower(),
         TRIAGE_DICOM_MAX_ASSOCIATIONS="16",
+        TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER="16",
     )
     daemon.start()
     try:

@@ -62,7 +62,16 @@ class DicomSettings(Section):
     # Empty: any source. Loopback is not implied: add 127.0.0.1 for local
     # tools. ``triage systemd-dropin`` turns them into IPAddressAllow=.
     allowed_networks: tuple[str, ...] = dataclasses.field(default=(), metadata=RESTART)
-    max_associations: int = dataclasses.field(default=10, metadata=RESTART)
+    max_associations: int = dataclasses.field(default=16, metadata=RESTART)
+    # From one source address: one peer can never take every slot. More is
+    # refused for now (A-ASSOCIATE-RJ transient), which a modality retries.
+    max_associations_per_peer: int = dataclasses.field(default=8, metadata=RESTART)
+    # A dataset larger than this, while it is being received, aborts its
+    # association and its partial file is removed (1 GiB: far above any OCT
+    # volume or radiograph).
+    max_dataset_bytes: int = dataclasses.field(default=1024**3, metadata=RESTART)
+    # An idle association is released after this, and each PDU must arrive
+    # whole within it (a peer trickling bytes is cut off).
     network_timeout_seconds: float = dataclasses.field(default=60.0, metadata=RESTART)
     # The largest PDU a peer may send, declared in the association and
     # enforced on every PDU read (a larger one closes the connection before
@@ -130,6 +139,12 @@ class DicomSettings(Section):
             raise ConfigError(f'Key "dicom.port" must be in 0..65535, got {self.port}.')
         if self.max_associations < 1:
             raise ConfigError('Key "dicom.max_associations" must be at least 1.')
+        if self.max_associations_per_peer < 1:
+            raise ConfigError('Key "dicom.max_associations_per_peer" must be at least 1.')
+        if self.max_dataset_bytes < 1024 * 1024:
+            raise ConfigError('Key "dicom.max_dataset_bytes" must be at least 1048576 (1 MiB).')
+        if self.network_timeout_seconds <= 0:
+            raise ConfigError('Key "dicom.network_timeout_seconds" must be positive.')
         if self.max_pdu_size != 0 and not 4096 <= self.max_pdu_size <= 2**32 - 1:
             raise ConfigError('Key "dicom.max_pdu_size" must be 0 (unlimited) or at least 4096.')
 
@@ -197,6 +212,12 @@ class StorageSettings(Section):
     # Below this much free space in the spool, C-STOREs are refused with
     # 0xA700 (out of resources) so that the disk never fills.
     min_free_bytes: int = dataclasses.field(default=1_000_000_000, metadata=RESTART)
+    # Disk each open association may still need: a new one is accepted only
+    # while min_free_bytes plus this for every open association (and the
+    # new one) is free; otherwise it is refused for now (transient).
+    reserve_bytes_per_association: int = dataclasses.field(
+        default=128 * 1024 * 1024, metadata=RESTART
+    )
     # The database password, from a file, never the TOML: this path, or else
     # systemd's credential "database-password" (LoadCredential=, read from
     # $CREDENTIALS_DIRECTORY) when there is one.
@@ -205,6 +226,8 @@ class StorageSettings(Section):
     def validate(self) -> None:
         if self.min_free_bytes < 0:
             raise ConfigError('Key "storage.min_free_bytes" must not be negative.')
+        if self.reserve_bytes_per_association < 0:
+            raise ConfigError('Key "storage.reserve_bytes_per_association" must not be negative.')
         if self.duplicate_policy not in ("keep_first", "replace_if_different"):
             raise ConfigError(
                 'Key "storage.duplicate_policy" must be "keep_first" or "replace_if_different".'
@@ -215,13 +238,11 @@ class StorageSettings(Section):
         database_url = self.database_url or f"sqlite:///{state / 'triage.sqlite3'}"
         if password_file := self._password_file(environ):
             database_url = _with_password(database_url, password_file)
-        return StorageSettings(
+        return dataclasses.replace(
+            self,
             state_dir=str(state),
             database_url=database_url,
             spool_dir=self.spool_dir or str(state / "spool"),
-            duplicate_policy=self.duplicate_policy,
-            min_free_bytes=self.min_free_bytes,
-            database_password_file=self.database_password_file,
         )
 
     def _password_file(self, environ: Mapping[str, str]) -> Path | None:

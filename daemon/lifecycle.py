@@ -40,6 +40,7 @@ from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
 from daemon.listener import DicomListener, tls_context
 from daemon.pipeline import TriagePipeline, triage_batcher
+from daemon.receive_limits import ReceiveLimits
 from daemon.receivers import ReceiverProcesses, receiving_handlers
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
@@ -187,21 +188,23 @@ def _warn_if_exposed(settings: Settings) -> None:
 def _open_doors(
     settings: Settings,
     handlers: list[Any],
+    limits: ReceiveLimits,
     supervisor: Supervisor,
     work: WorkQueue,
     tls: ssl.SSLContext | None,
 ) -> tuple[DicomListener, ReceiverProcesses | None] | None:
-    """The DICOM listener, the TLS listener (``[dicom] tls_port``), the
+    """The DICOM listener, the TLS listener (``[dicom] tls_port``), each
+    association bounded by ``limits``, the
     receiver processes beside them (``[dicom] receivers`` above 1) and the
     metrics endpoint, owned by ``supervisor``; None (logged) if a listener
     or the endpoint cannot start."""
     count = settings.dicom.receivers
-    listener = DicomListener.start(settings.dicom, handlers, shared_port=count > 1)
+    listener = DicomListener.start(settings.dicom, handlers, limits, shared_port=count > 1)
     if listener is None:
         return None
     supervisor.own(listener)
     if tls is not None:
-        tls_listener = DicomListener.start(settings.dicom, handlers, count > 1, tls)
+        tls_listener = DicomListener.start(settings.dicom, handlers, limits, count > 1, tls)
         if tls_listener is None:
             listener.stop(0)
             return None
@@ -277,6 +280,7 @@ def _run(
     doors = _open_doors(
         settings,
         receiving_handlers(settings, sessions, spool, work),
+        ReceiveLimits.from_settings(settings, spool.free_bytes),
         supervisor,
         work,
         tls,

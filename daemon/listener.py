@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from daemon.config import DicomSettings
+from daemon.receive_limits import ReceiveLimits
 from daemon.scp import make_acceptor
 from dicom_io.tls import server_context
 
@@ -40,6 +41,7 @@ class _Server(ThreadedAssociationServer):
     connection closed."""
 
     reuse_port = False
+    limits: ReceiveLimits | None = None
     # Whether a source address may connect (``[dicom] allowed_networks``).
     network_allowed: Callable[[str], bool] = staticmethod(lambda _address: True)
 
@@ -81,42 +83,16 @@ class _Server(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
-# PDUs of the association phase (A-ASSOCIATE-RQ with many contexts) may
-# exceed a small max_pdu_size; none needs more than this.
-ASSOCIATION_PDU_FLOOR = 1024 * 1024
-
-
 class _BoundedRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with every PDU's declared length checked
-    before it is read: pynetdicom reads whatever length a peer declares into
-    memory (up to 4 GiB), before the AE titles are even checked."""
+    """pynetdicom's request handler, with each association bounded
+    (``receive_limits``) before its first byte is read."""
 
     def _create_association(self) -> Association:
         association = super()._create_association()
-        limit = self.server.ae.maximum_pdu_size
-        if limit:
-            socket_ = association.dul.socket
-            assert socket_ is not None
-            bounded = _at_most(socket_.recv, max(limit, ASSOCIATION_PDU_FLOOR), self.client_address)
-            # An instance attribute: this association's socket alone.
-            setattr(socket_, "recv", bounded)  # noqa: B010
+        server = self.server
+        assert isinstance(server, _Server) and server.limits is not None
+        server.limits.apply(association, str(self.client_address[0]))
         return association
-
-
-def _at_most(recv: Callable[[int], bytearray], limit: int, peer: Any) -> Callable[[int], bytearray]:
-    def recv_at_most(nr_bytes: int) -> bytearray:
-        if nr_bytes > limit:
-            logger.warning(
-                "Closed a connection from %s: it declared a PDU of %d bytes, over the %d allowed",
-                peer[0] if isinstance(peer, tuple) else peer,
-                nr_bytes,
-                limit,
-            )
-            # pynetdicom treats this as the transport closing (Evt17).
-            raise OSError("PDU over the size limit")
-        return recv(nr_bytes)
-
-    return recv_at_most
 
 
 class _SharedPortServer(_Server):
@@ -157,6 +133,7 @@ class DicomListener:
         cls,
         settings: DicomSettings,
         handlers: list[Any],
+        limits: ReceiveLimits,
         shared_port: bool = False,
         tls: ssl.SSLContext | None = None,
     ) -> DicomListener | None:
@@ -181,6 +158,7 @@ class DicomListener:
             return None
         assert isinstance(server, _Server)
         server.network_allowed = settings.network_allowed
+        server.limits = limits
         return cls(ae, server, "dicom-tls-listener" if tls is not None else "dicom-listener")
 
     @property

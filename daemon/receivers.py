@@ -34,6 +34,7 @@ from daemon.audit import AssociationAudit
 from daemon.cli.process import configure_logging
 from daemon.config import Settings
 from daemon.listener import DicomListener, tls_context
+from daemon.receive_limits import ReceiveLimits
 from daemon.scp import IngestContext, event_handlers, receive_to_files
 from daemon.spool import Spool
 from daemon.work_queue import WorkQueue
@@ -174,9 +175,10 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
     receive_to_files(spool.incoming)
     handlers = receiving_handlers(settings, sessions, spool, work)
     tls = tls_context(settings.dicom)
+    limits = ReceiveLimits.from_settings(settings, spool.free_bytes)
     listeners = [
-        DicomListener.start(settings.dicom, handlers, shared_port=True),
-        *([DicomListener.start(settings.dicom, handlers, True, tls)] if tls else []),
+        DicomListener.start(settings.dicom, handlers, limits, shared_port=True),
+        *([DicomListener.start(settings.dicom, handlers, limits, True, tls)] if tls else []),
     ]
     if None in listeners:
         sys.exit(1)

@@ -27,6 +27,11 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 # Larger than any OCT volume or radiograph we expect; a deflate bomb is not.
 MAX_DATASET_BYTES = 512 * 1024 * 1024
 MAX_SAMPLES = 512 * 1024 * 1024  # rows x columns x frames x samples per pixel
+# Checked from the header before anything is decoded, compressed or not:
+# the decoded image's bytes, and its frames (an OCT volume has up to ~1,000
+# B-scans; each frame is decoded and prepared on its own).
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
+MAX_FRAMES = 2048
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 PIXEL_TAGS = frozenset(Tag(keyword) for keyword in PIXEL_KEYWORDS)
 # Values larger than this are left in the received buffer, not copied: the
@@ -90,6 +95,19 @@ def _check_geometry(dataset: Dataset, size: int) -> None:
     if min(rows, columns, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
         raise IngestError("The image dimensions are not valid.", Status.CANNOT_UNDERSTAND)
     declared = rows * columns * frames * samples
+    if frames > MAX_FRAMES:
+        raise IngestError(
+            f"The image declares {frames} frames; at most {MAX_FRAMES} are accepted.",
+            Status.CANNOT_UNDERSTAND,
+        )
+    decoded_bytes = (declared * bits + 7) // 8
+    if decoded_bytes > MAX_DECODED_BYTES:
+        raise IngestError(
+            f"The declared image ({rows} x {columns} x {frames} frames x {samples} samples, "
+            f"{bits} bits) would decode to {decoded_bytes} bytes, which exceeds "
+            f"{MAX_DECODED_BYTES}; refused.",
+            Status.CANNOT_UNDERSTAND,
+        )
     if declared > MAX_SAMPLES:
         raise IngestError(
             f"The declared image ({rows} x {columns} x {frames} frames x {samples} samples) "

@@ -56,7 +56,9 @@ def test_an_open_breaker_spares_the_rows_retries(
     _reports(tmp_path, oct_phantoms, sqlite_sessions, count=5)
     calls: list[str] = []
 
-    def unreachable(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+    def unreachable(
+        content: bytes, ae_title: str, host: str, port: int, calling: str, tls: object = None
+    ) -> None:
         calls.append(ae_title)
         raise DeliveryError(f"Association with {ae_title}@{host}:{port} was not established.")
 
@@ -81,7 +83,9 @@ def test_a_delivery_is_recorded_after_the_send(
     _reports(tmp_path, oct_phantoms, sqlite_sessions, count=1)
     sent: list[bytes] = []
 
-    def pacs(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+    def pacs(
+        content: bytes, ae_title: str, host: str, port: int, calling: str, tls: object = None
+    ) -> None:
         # While the C-STORE runs, the row is leased and no transaction is open.
         with sqlite_sessions() as session:
             (row,) = session.scalars(select(Delivery))
@@ -106,7 +110,9 @@ def test_the_supervisor_owns_the_delivery_workers_it_did_not_start_itself(
     _reports(tmp_path, oct_phantoms, sqlite_sessions, count=2)
     sent = threading.Event()
 
-    def pacs(content: bytes, ae_title: str, host: str, port: int, calling: str) -> None:
+    def pacs(
+        content: bytes, ae_title: str, host: str, port: int, calling: str, tls: object = None
+    ) -> None:
         sent.set()
 
     supervisor = Supervisor(threading.Event())

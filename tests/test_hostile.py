@@ -104,12 +104,24 @@ def _huge_dimensions(good: Path, out: Path) -> Path:
 
 
 def _compressed_huge_volume(good: Path, out: Path) -> Path:
-    """RLE-compressed (so no fixed pixel length to check) but declaring 200,000 frames."""
+    """RLE-compressed (so no fixed pixel length to check) but declaring 1,500
+    frames of 1024 x 1024: 3 GiB once decoded."""
     from pydicom.uid import RLELossless
 
     dataset = _fresh(good)
     dataset.compress(RLELossless)
-    dataset.NumberOfFrames = 200_000
+    dataset.NumberOfFrames = 1500
+    dataset.Rows = dataset.Columns = 1024
+    return _save(dataset, out)
+
+
+def _compressed_many_frames(good: Path, out: Path) -> Path:
+    """RLE-compressed, small frames (well under the decoded size limit), but 5,000 of them."""
+    from pydicom.uid import RLELossless
+
+    dataset = _fresh(good)
+    dataset.compress(RLELossless)
+    dataset.NumberOfFrames = 5000
     return _save(dataset, out)
 
 
@@ -152,7 +164,8 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str, set[int] | None, str]]
     ("no-pixel-data", _no_pixels, DX_STORAGE, {0xC001}, "no pixel data"),
     ("short-pixel-data", _short_pixels, DX_STORAGE, {0xC000}, "Pixel Data holds"),
     ("65535x65535", _huge_dimensions, DX_STORAGE, {0xC000}, "exceeds"),
-    ("compressed-huge-volume", _compressed_huge_volume, DX_STORAGE, {0xC000}, "exceeds"),
+    ("compressed-huge-volume", _compressed_huge_volume, DX_STORAGE, {0xC000}, "would decode"),
+    ("compressed-many-frames", _compressed_many_frames, DX_STORAGE, {0xC000}, "frames; at most"),
     ("deflate-bomb", _deflate_bomb, DX_STORAGE, {0xC000}, "inflates beyond"),
     ("sop-class-mismatch", _wrong_sop_class, DX_STORAGE, {0xA900}, "sent as"),
 ]

@@ -14,14 +14,17 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from daemon.config import DicomSettings
+from daemon.config import DicomSettings, Settings
 from daemon.listener import DicomListener
 from daemon.metrics import MetricsEndpoint
+from daemon.receive_limits import ReceiveLimits
 from daemon.supervisor import Supervisor
+
+LIMITS = ReceiveLimits.from_settings(Settings(), free_bytes=lambda: 2**62)
 
 
 def _listener() -> DicomListener:
-    listener = DicomListener.start(DicomSettings(port=0), [])
+    listener = DicomListener.start(DicomSettings(port=0), [], LIMITS)
     assert listener is not None
     return listener
 
@@ -131,7 +134,7 @@ def test_a_stored_echo_handler_still_runs_through_the_owned_listener() -> None:
         seen.append(event.assoc.requestor.ae_title)
         return 0x0000
 
-    listener = DicomListener.start(DicomSettings(port=0), [(evt.EVT_C_ECHO, on_echo)])
+    listener = DicomListener.start(DicomSettings(port=0), [(evt.EVT_C_ECHO, on_echo)], LIMITS)
     assert listener is not None
     try:
         association = _associate(listener.address[1])

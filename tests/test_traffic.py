@@ -51,6 +51,7 @@ def _daemon(tmp_path: Path, models: dict[str, Path], pacs: Orthanc, **env: str) 
         models,
         TRIAGE_DESTINATIONS=json.dumps(destinations),
         TRIAGE_DICOM_MAX_ASSOCIATIONS="40",
+        TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER="40",  # every sender here is 127.0.0.1
         **env,
     )
 
