@@ -1,22 +1,114 @@
-"""Audit trail: one row per association, with the calling AE title and counts.
+"""The audit trail, in the style of IHE ATNA (DICOM PS3.15 A.5).
 
-Counts are kept in memory while an association is open and written when it
-is released, aborted or rejected. Nothing about any patient is recorded.
+Each event is a row in ``audit_events`` (``triage audit`` reads them back,
+and is the only place that shows the Patient ID and Study Instance UID of
+one) and a syslog message (``daemon.audit_syslog``: the journal, and a
+remote collector over TLS), which names no patient: the event, its DICOM
+EventID code, the outcome, the peer's address and AE titles, counts, and
+the row's id to look it up.
+
+Events, with their PS3.16 CID 400/401 codes:
+
+=====================  ======================================  ==========================
+event                  EventID                                 EventTypeCode
+=====================  ======================================  ==========================
+association-start      110114 User Authentication              110122 Login
+released, aborted      110114 User Authentication              110123 Logout
+rejected               110113 Security Alert                   110126 Node Authentication
+connection-refused     110113 Security Alert                   110126 Node Authentication
+instances-stored       110104 DICOM Instances Transferred
+query                  110112 Query
+query-refused          110113 Security Alert                   110132 Use of Restricted Function
+report-exported        110106 Export
+application-start      110100 Application Activity             110120 Application Start
+application-stop       110100 Application Activity             110121 Application Stop
+configuration-change   110113 Security Alert                   110131 Software Configuration
+=====================  ======================================  ==========================
+
+Writing the trail never fails the work it records: an error is logged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.audit_syslog import AuditSink
 from daemon.status import Status
-from storage.models import AuditEvent
+from storage import queries
 
 logger = logging.getLogger(__name__)
+
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
+
+# event: (EventID code, meaning, EventTypeCode code or "", meaning or "")
+EVENT_CODES: dict[str, tuple[str, str, str, str]] = {
+    "association-start": ("110114", "User Authentication", "110122", "Login"),
+    "released": ("110114", "User Authentication", "110123", "Logout"),
+    "aborted": ("110114", "User Authentication", "110123", "Logout"),
+    "rejected": ("110113", "Security Alert", "110126", "Node Authentication"),
+    "connection-refused": ("110113", "Security Alert", "110126", "Node Authentication"),
+    "instances-stored": ("110104", "DICOM Instances Transferred", "", ""),
+    "query": ("110112", "Query", "", ""),
+    "query-refused": ("110113", "Security Alert", "110132", "Use of Restricted Function"),
+    "report-exported": ("110106", "Export", "", ""),
+    "application-start": ("110100", "Application Activity", "110120", "Application Start"),
+    "application-stop": ("110100", "Application Activity", "110121", "Application Stop"),
+    "configuration-change": ("110113", "Security Alert", "110131", "Software Configuration"),
+}
+# Columns that name a patient: in the database only, never in a syslog message.
+PATIENT_FIELDS = ("patient_id", "study_instance_uid")
+
+
+class AuditTrail:
+    """Records events: the row first, then each sink (syslog)."""
+
+    def __init__(self, sessions: sessionmaker[Session], sinks: Sequence[AuditSink] = ()) -> None:
+        self.sessions = sessions
+        self.sinks = list(sinks)
+
+    def record(self, event: str, outcome: int = SUCCESS, /, **fields: Any) -> None:
+        """One event; ``fields`` are ``audit_events`` columns."""
+        if event not in EVENT_CODES:
+            raise ValueError(f"Unknown audit event {event!r}")
+        row_id: int | None = None
+        try:
+            with self.sessions() as session, session.begin():
+                row_id = queries.add_audit_event(session, event=event, outcome=outcome, **fields).id
+        except Exception:
+            logger.exception("Cannot write the audit record of a %s event", event)
+        if self.sinks:
+            text = syslog_text(event, outcome, row_id, fields)
+            for sink in self.sinks:
+                sink.send(event, text, outcome != SUCCESS)
+
+    def security_alert(self, peer: str, detail: str, event: str = "connection-refused") -> None:
+        self.record(event, MINOR_FAILURE, peer_address=peer, detail=detail)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def syslog_text(event: str, outcome: int, row_id: int | None, fields: dict[str, Any]) -> str:
+    """The message's JSON: the event, its codes and the fields, no patient."""
+    code, meaning, type_code, type_meaning = EVENT_CODES[event]
+    message: dict[str, Any] = {
+        "event": event,
+        "event_id": {"code": code, "scheme": "DCM", "meaning": meaning},
+        "outcome": outcome,
+        "record": row_id,
+    }
+    if type_code:
+        message["event_type"] = {"code": type_code, "scheme": "DCM", "meaning": type_meaning}
+    message.update({k: v for k, v in fields.items() if k not in PATIENT_FIELDS and v != ""})
+    return json.dumps(message, separators=(",", ":"), default=str)
 
 
 @dataclasses.dataclass
@@ -24,11 +116,17 @@ class _Counts:
     stored: int = 0
     refused: int = 0
     queries: int = 0
+    # (Patient ID, Study Instance UID): instances stored for that study
+    studies: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 class AssociationAudit:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    """The events of associations: start, end with counts, the instances
+    stored for each study (one event per study at the end), and rejections.
+    Counts are kept in memory while an association is open."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
         self._lock = threading.Lock()
         self._open: dict[int, _Counts] = {}
 
@@ -43,37 +141,55 @@ class AssociationAudit:
         else:
             counts.refused += 1
 
+    def instance_stored(self, assoc: Any, patient_id: str, study_instance_uid: str) -> None:
+        studies = self._counts(assoc).studies
+        key = (patient_id, study_instance_uid)
+        with self._lock:
+            studies[key] = studies.get(key, 0) + 1
+
     def query_answered(self, assoc: Any) -> None:
         self._counts(assoc).queries += 1
 
-    def _write(self, event: Any, name: str, detail: str = "") -> None:
+    @staticmethod
+    def _parties(assoc: Any) -> dict[str, Any]:
+        requestor = assoc.requestor
+        return {
+            "calling_ae_title": str(requestor.ae_title or "").strip(),
+            "called_ae_title": str(assoc.acceptor.ae_title or "").strip(),
+            "peer_address": f"{requestor.address}:{requestor.port}",
+        }
+
+    def _end(self, event: Any, name: str, outcome: int, detail: str = "") -> None:
         assoc = event.assoc
         with self._lock:
             counts = self._open.pop(id(assoc), _Counts())
-        requestor = assoc.requestor
-        try:
-            with self.sessions() as session, session.begin():
-                session.add(
-                    AuditEvent(
-                        event=name,
-                        calling_ae_title=str(requestor.ae_title or "")[:16],
-                        called_ae_title=str(assoc.acceptor.ae_title or "")[:16],
-                        peer_address=f"{requestor.address}:{requestor.port}"[:64],
-                        instances_stored=counts.stored,
-                        instances_refused=counts.refused,
-                        queries=counts.queries,
-                        detail=detail[:2000],
-                    )
-                )
-        except Exception:
-            # The audit must never take an association (or the daemon) down.
-            logger.exception("Cannot write the audit record of an association")
+        parties = self._parties(assoc)
+        for (patient_id, study_uid), stored in counts.studies.items():
+            self.trail.record(
+                "instances-stored",
+                patient_id=patient_id,
+                study_instance_uid=study_uid,
+                instances_stored=stored,
+                **parties,
+            )
+        self.trail.record(
+            name,
+            outcome,
+            instances_stored=counts.stored,
+            instances_refused=counts.refused,
+            queries=counts.queries,
+            detail=detail,
+            **parties,
+        )
+
+    def on_established(self, event: Any) -> None:
+        self.trail.record("association-start", **self._parties(event.assoc))
 
     def on_released(self, event: Any) -> None:
-        self._write(event, "released")
+        self._end(event, "released", SUCCESS)
 
     def on_aborted(self, event: Any) -> None:
-        self._write(event, "aborted")
+        self._end(event, "aborted", MINOR_FAILURE)
 
     def on_rejected(self, event: Any) -> None:
-        self._write(event, "rejected", "association rejected at negotiation")
+        self._end(event, "rejected", MINOR_FAILURE, "association rejected at negotiation")

@@ -110,6 +110,12 @@ class DicomSettings(Section):
             self.allowed_calling_aets or self.allowed_networks or self.tls_port
         )
 
+    def client_identity(self) -> tuple[Path, Path] | None:
+        """This node's certificate and key, presented when it calls a TLS peer."""
+        if self.tls_certificate and self.tls_private_key:
+            return Path(self.tls_certificate), Path(self.tls_private_key)
+        return None
+
     def network_allowed(self, address: str) -> bool:
         """Whether a peer at ``address`` may connect (any, without a list)."""
         return not self.allowed_networks or address_in(address, self.allowed_networks)
@@ -197,6 +203,32 @@ class WorklistSettings(Section):
         _check_networks("worklist.allowed_networks", self.allowed_networks)
         if not 1 <= self.max_answers <= 10_000:
             raise ConfigError('Key "worklist.max_answers" must be in 1..10000.')
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings(Section):
+    """Where the audit trail goes besides the database (``daemon.audit``)."""
+
+    # The host's syslog socket (journald's under systemd); "" or absent: none.
+    syslog_socket: str = dataclasses.field(default="/dev/log", metadata=RESTART)
+    # "host:port" of a syslog collector over TLS (RFC 5425, usually 6514); "": none.
+    remote_syslog: str = dataclasses.field(default="", metadata=RESTART)
+    # The CAs that sign the collector's certificate (empty: the system's store).
+    remote_syslog_ca_certificates: str = dataclasses.field(default="", metadata=RESTART)
+
+    def remote(self) -> tuple[str, int] | None:
+        if not self.remote_syslog:
+            return None
+        host, _, port = self.remote_syslog.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def validate(self) -> None:
+        if self.remote_syslog:
+            host, _, port = self.remote_syslog.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ConfigError(
+                    f'Key "audit.remote_syslog" must be "host:port", got {self.remote_syslog!r}.'
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +499,7 @@ class Settings:
     delivery: DeliverySettings = DeliverySettings()
     occlusion: OcclusionSettings = OcclusionSettings()
     worklist: WorklistSettings = WorklistSettings()
+    audit: AuditSettings = AuditSettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

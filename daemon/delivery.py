@@ -35,6 +35,7 @@ from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
+from daemon.audit import SERIOUS_FAILURE, SUCCESS, AuditTrail
 from daemon.config import DeliverySettings, Settings
 from daemon.runtime import CurrentRuntime
 from daemon.status import Status
@@ -44,7 +45,7 @@ from dicom_io.tls import client_context
 from domain.errors import DeliveryError
 from domain.retry import Backoff
 from storage import queries
-from storage.models import Delivery
+from storage.models import Delivery, DeliveryState
 
 # pynetdicom waits forever by default; a silent peer must not.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -71,13 +72,10 @@ def destination_tls(settings: Settings, destination: queries.Destination) -> Tls
             continue
         if not configured.tls:
             return None
-        dicom = settings.dicom
-        ca = configured.tls_ca_certificates or dicom.tls_ca_certificates
-        identity = dicom.tls_certificate and dicom.tls_private_key
+        ca = configured.tls_ca_certificates or settings.dicom.tls_ca_certificates
         context = client_context(
             Path(ca) if ca else None,
-            Path(dicom.tls_certificate) if identity else None,
-            Path(dicom.tls_private_key) if identity else None,
+            settings.dicom.client_identity(),
             configured.tls_check_hostname,
         )
         return context, host
@@ -209,6 +207,7 @@ class DeliveryWorker(Worker):
         runtime: CurrentRuntime,
         stop: threading.Event,
         send: Send = c_store,
+        trail: AuditTrail | None = None,
     ) -> None:
         ae_title, host, port = destination
         super().__init__(
@@ -218,6 +217,7 @@ class DeliveryWorker(Worker):
         self.sessions = sessions
         self.runtime = runtime
         self.send = send
+        self.trail = trail
         self.breaker = CircuitBreaker()
 
     def tick(self) -> bool:
@@ -253,6 +253,21 @@ class DeliveryWorker(Worker):
             if delivery is None:  # purged meanwhile
                 return
             record_outcome(session, delivery, error, settings.delivery)
+            final = error is None or delivery.state == DeliveryState.FAILED
+            name = delivery.object_name
+            subject = queries.delivery_subject(session, delivery_id) if final else ("", "")
+        if final and self.trail is not None:
+            # The export (ATNA 110106), once: when sent, or when given up.
+            self.trail.record(
+                "report-exported",
+                SUCCESS if error is None else SERIOUS_FAILURE,
+                patient_id=subject[0],
+                study_instance_uid=subject[1],
+                calling_ae_title=settings.dicom.ae_title,
+                called_ae_title=ae_title,
+                peer_address=f"{host}:{port}",
+                detail=name if error is None else f"{name}: {error}",
+            )
         if error is None:
             self.breaker.succeeded()
             return
@@ -282,12 +297,14 @@ class Deliverer(Worker):
         stop: threading.Event,
         spawn: Callable[[Worker], None],
         send: Send = c_store,
+        trail: AuditTrail | None = None,
     ) -> None:
         super().__init__("delivery-dispatcher", stop, idle_seconds=1.0, stuck_seconds=300.0)
         self.sessions = sessions
         self.runtime = runtime
         self.spawn = spawn
         self.send = send
+        self.trail = trail
         self.workers: dict[queries.Destination, DeliveryWorker] = {}
 
     def wake(self) -> None:
@@ -303,7 +320,7 @@ class Deliverer(Worker):
         for destination in destinations:
             if destination not in self.workers:
                 worker = DeliveryWorker(
-                    destination, self.sessions, self.runtime, self.stop, self.send
+                    destination, self.sessions, self.runtime, self.stop, self.send, self.trail
                 )
                 self.workers[destination] = worker
                 self.spawn(worker)

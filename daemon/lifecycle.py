@@ -33,6 +33,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
+from daemon.audit import MINOR_FAILURE, SUCCESS, AuditTrail
+from daemon.audit_syslog import audit_sinks
 from daemon.config import Settings
 from daemon.delivery import Deliverer, destination_tls
 from daemon.exit_codes import ExitCode
@@ -277,15 +279,17 @@ def _run(
     supervisor = Supervisor(threading.Event())
     work = make_work_queue(shared=settings.dicom.receivers > 1)
     signals = _Signals()
+    trail = AuditTrail(sessions, audit_sinks(settings))
     doors = _open_doors(
         settings,
-        receiving_handlers(settings, sessions, spool, work),
-        ReceiveLimits.from_settings(settings, spool.free_bytes),
+        receiving_handlers(settings, sessions, spool, work, trail),
+        ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert),
         supervisor,
         work,
         tls,
     )
     if doors is None:
+        trail.close()
         return ExitCode.FAILURE
     listener, receivers = doors
     if engine.dialect.name == "sqlite":
@@ -296,7 +300,7 @@ def _run(
 
     # Each stage wakes the next as it hands work on, instead of leaving it to
     # the next poll: push-to-SR latency is stable_seconds plus the work.
-    deliverer = Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start)
+    deliverer = Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start, trail=trail)
     reporter = ReportBuilder(runtime, sessions, supervisor.stop, reported=deliverer.wake)
     batcher = triage_batcher(sessions, runtime, supervisor.stop, triaged=reporter.wake)
     decoders = [
@@ -325,6 +329,9 @@ def _run(
         supervisor.close_at_exit(explainer.decoder.close)
     host, port = listener.address
     logger.info("Ready: listening as %s on %s:%d", settings.dicom.ae_title, host, port)
+    trail.record(
+        "application-start", called_ae_title=settings.dicom.ae_title, detail=_models(runtime)
+    )
     notify(f"READY=1\nSTATUS=Listening as {settings.dicom.ae_title} on {host}:{port}")
 
     watch = _Watch(
@@ -355,7 +362,14 @@ def _run(
         if signals.reload.is_set():
             signals.reload.clear()
             notify("RELOADING=1")
-            runtime.replace(reload_runtime(config_path, runtime.current()))
+            running = runtime.current()
+            runtime.replace(reload_runtime(config_path, running))
+            rejected = runtime.current() is running
+            trail.record(
+                "configuration-change",
+                MINOR_FAILURE if rejected else SUCCESS,
+                detail=("reload rejected: " if rejected else "reloaded: ") + _models(runtime),
+            )
             notify("READY=1")
         if stale := spool.remove_stale_receives():
             logger.warning("Removed %d file(s) of transfers that were aborted", stale)
@@ -368,5 +382,15 @@ def _run(
     # workers. An unfinished image or map is leased in the database: it is
     # simply taken again after the restart.
     supervisor.drain(DRAIN_SECONDS)
+    trail.record("application-stop", SUCCESS if exit_code == ExitCode.OK else MINOR_FAILURE)
+    trail.close()  # after the last event: the remote sink sends what it holds
     logger.info("Stopped")
     return exit_code
+
+
+def _models(runtime: CurrentRuntime) -> str:
+    """The models in use, for the audit trail: name, version, digest."""
+    return ", ".join(
+        f"{modality.value} {c.manifest.name} {c.manifest.version} sha256 {c.manifest.onnx_sha256}"
+        for modality, c in runtime.current().classifiers.items()
+    )

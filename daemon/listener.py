@@ -53,6 +53,8 @@ class _Server(ThreadedAssociationServer):
         logger.warning(
             "Refused a connection from %s: not in dicom.allowed_networks", client_address[0]
         )
+        if self.limits is not None:
+            self.limits.alert(str(client_address[0]), "not in dicom.allowed_networks")
         return False
 
     def server_bind(self) -> None:
@@ -78,6 +80,8 @@ class _Server(ThreadedAssociationServer):
                 request.settimeout(None)
             except (OSError, ssl.SSLError) as exc:
                 logger.warning("Refused a TLS connection from %s: %s", client_address[0], exc)
+                if self.limits is not None:
+                    self.limits.alert(str(client_address[0]), f"TLS handshake refused: {exc}")
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)

@@ -66,9 +66,16 @@ class ReceiveLimits:
     reserve_bytes_per_association: int
     min_free_bytes: int
     free_bytes: Callable[[], int]
+    # Told of each refusal (peer, why): the audit trail's security alerts.
+    alert: Callable[[str, str], None] = lambda _peer, _why: None
 
     @classmethod
-    def from_settings(cls, settings: Settings, free_bytes: Callable[[], int]) -> ReceiveLimits:
+    def from_settings(
+        cls,
+        settings: Settings,
+        free_bytes: Callable[[], int],
+        alert: Callable[[str, str], None] | None = None,
+    ) -> ReceiveLimits:
         return cls(
             max_pdu_size=settings.dicom.max_pdu_size,
             pdu_seconds=settings.dicom.network_timeout_seconds,
@@ -77,12 +84,13 @@ class ReceiveLimits:
             reserve_bytes_per_association=settings.storage.reserve_bytes_per_association,
             min_free_bytes=settings.storage.min_free_bytes,
             free_bytes=free_bytes,
+            **({"alert": alert} if alert is not None else {}),
         )
 
     def apply(self, association: Association, peer: str) -> None:
         """Bound ``association`` (made, not yet started) from ``peer``."""
         _bound_reads(association, self, peer)
-        _bound_datasets(association, self.max_dataset_bytes, peer)
+        _bound_datasets(association, self, peer)
         _admit_within_limits(association, self, peer)
 
     def refusal(self, association: Association, peer: str) -> str | None:
@@ -130,8 +138,13 @@ def _bound_reads(association: Association, limits: ReceiveLimits, peer: str) -> 
                 nr_bytes,
                 size_limit,
             )
+            limits.alert(peer, f"declared a PDU of {nr_bytes} bytes, over {size_limit}")
             raise OSError("PDU over the size limit")  # pynetdicom: the transport closed (Evt17)
-        return _read_by(transport.socket, nr_bytes, time.monotonic() + limits.pdu_seconds, peer)
+        try:
+            return _read_by(transport.socket, nr_bytes, time.monotonic() + limits.pdu_seconds, peer)
+        except PeerTooSlow:
+            limits.alert(peer, f"a PDU did not arrive whole within {limits.pdu_seconds:.0f} s")
+            raise
 
     # An instance attribute: this association's socket alone.
     setattr(transport, "recv", recv_bounded)  # noqa: B010
@@ -162,9 +175,10 @@ def _read_by(sock: Any, nr_bytes: int, deadline: float, peer: str) -> bytearray:
     return data
 
 
-def _bound_datasets(association: Association, limit: int, peer: str) -> None:
-    """A message's dataset growing past ``limit`` aborts the association and
-    its partial file is removed."""
+def _bound_datasets(association: Association, limits: ReceiveLimits, peer: str) -> None:
+    """A message's dataset growing past ``max_dataset_bytes`` aborts the
+    association and its partial file is removed."""
+    limit = limits.max_dataset_bytes
     dimse = association.dimse
     receive = dimse.receive_primitive
 
@@ -184,6 +198,7 @@ def _bound_datasets(association: Association, limit: int, peer: str) -> None:
             peer,
             limit,
         )
+        limits.alert(peer, f"a dataset passed the {limit} bytes allowed; association aborted")
         if file is not None:
             file.close()
             with contextlib.suppress(OSError):
@@ -208,6 +223,7 @@ def _admit_within_limits(association: Association, limits: ReceiveLimits, peer: 
         request = acse.requestor.primitive
         acse.requestor.ae_title = request.calling_ae_title if request is not None else ""
         logger.warning("Rejected an association from %s for now: %s", peer, reason)
+        # The rejection itself is audited by the EVT_REJECTED handler.
         acse.send_reject(*REJECT_TRANSIENT_LOCAL_LIMIT)
         evt.trigger(association, evt.EVT_REJECTED, {})
         association.kill()

@@ -30,7 +30,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audit import AssociationAudit
+from daemon.audit import AssociationAudit, AuditTrail
+from daemon.audit_syslog import audit_sinks
 from daemon.cli.process import configure_logging
 from daemon.config import Settings
 from daemon.listener import DicomListener, tls_context
@@ -132,12 +133,16 @@ class ReceiverProcesses:
 
 
 def receiving_handlers(
-    settings: Settings, sessions: sessionmaker[Session], spool: Spool, work: WorkQueue
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    spool: Spool,
+    work: WorkQueue,
+    trail: AuditTrail,
 ) -> list[Any]:
     """The event handlers of a process that receives (the daemon's own, or a
     receiver): C-STORE into ``spool`` and onto ``work``, C-ECHO, the worklist
-    C-FIND, and the audit of every association."""
-    audit = AssociationAudit(sessions)
+    C-FIND, and the audit of every association on ``trail``."""
+    audit = AssociationAudit(trail)
     ingest = IngestContext(
         spool=spool,
         sessions=sessions,
@@ -173,9 +178,10 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
     sessions = make_session_factory(engine)
     spool = Spool(settings.spool_dir)
     receive_to_files(spool.incoming)
-    handlers = receiving_handlers(settings, sessions, spool, work)
+    trail = AuditTrail(sessions, audit_sinks(settings))
+    handlers = receiving_handlers(settings, sessions, spool, work, trail)
     tls = tls_context(settings.dicom)
-    limits = ReceiveLimits.from_settings(settings, spool.free_bytes)
+    limits = ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert)
     listeners = [
         DicomListener.start(settings.dicom, handlers, limits, shared_port=True),
         *([DicomListener.start(settings.dicom, handlers, limits, True, tls)] if tls else []),
@@ -190,4 +196,5 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
             break
     for listener in running:
         listener.stop(RECEIVER_DRAIN_SECONDS / len(running))
+    trail.close()
     engine.dispose()

@@ -182,6 +182,10 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
     if replaced_path is not None:
         Path(replaced_path).unlink(missing_ok=True)
     logger.info("Stored instance %d from %s", instance_id, calling)
+    if context.audit is not None:
+        context.audit.instance_stored(
+            event.assoc, str(header.get("PatientID", "") or ""), str(header.StudyInstanceUID)
+        )
     logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
     # When the queue is full the instance is still RECEIVED in the database,
     # and the pipeline's sweep finds it.
@@ -312,6 +316,7 @@ def event_handlers(
     ]
     if ingest.audit is not None:
         handlers += [
+            (evt.EVT_ESTABLISHED, ingest.audit.on_established),
             (evt.EVT_RELEASED, ingest.audit.on_released),
             (evt.EVT_ABORTED, ingest.audit.on_aborted),
             (evt.EVT_REJECTED, ingest.audit.on_rejected),

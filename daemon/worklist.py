@@ -21,7 +21,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.audit import AssociationAudit
+from daemon.audit import MINOR_FAILURE, AssociationAudit
 from daemon.config import WorklistSettings
 from daemon.status import Status
 from storage.queries import WorklistEntry, urgent_worklist
@@ -150,12 +150,21 @@ def handle_find(
     if audit is not None:
         audit.query_answered(event.assoc)
     calling = str(event.assoc.requestor.ae_title).strip()
-    if not policy.allows(calling, str(event.assoc.requestor.address)):
+    address = str(event.assoc.requestor.address)
+    asked_patient = str(event.identifier.get("PatientID", "") or "")
+    if not policy.allows(calling, address):
         logger.warning(
-            "Refused a worklist query from %s at %s: not allowed by [worklist]",
-            calling,
-            event.assoc.requestor.address,
+            "Refused a worklist query from %s at %s: not allowed by [worklist]", calling, address
         )
+        if audit is not None:
+            audit.trail.record(
+                "query-refused",
+                MINOR_FAILURE,
+                calling_ae_title=calling,
+                peer_address=address,
+                patient_id=asked_patient,
+                detail="not allowed by [worklist]",
+            )
         yield Status.NOT_AUTHORIZED, None
         return
     try:
@@ -174,9 +183,15 @@ def handle_find(
             policy.max_answers,
         )
         matched = matched[-policy.max_answers :]
-    logger.info(
-        "Worklist query from %s: %d urgent item(s)", event.assoc.requestor.ae_title, len(matched)
-    )
+    logger.info("Worklist query from %s: %d urgent item(s)", calling, len(matched))
+    if audit is not None:
+        audit.trail.record(
+            "query",
+            calling_ae_title=calling,
+            peer_address=address,
+            patient_id=asked_patient,
+            detail=f"{len(matched)} urgent item(s) answered",
+        )
     for entry in matched:
         if event.is_cancelled:
             yield Status.CANCEL, None

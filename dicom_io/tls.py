@@ -55,20 +55,19 @@ def server_context(
 
 def client_context(
     ca_certificates: Path | None,
-    certificate: Path | None,
-    private_key: Path | None,
+    identity: tuple[Path, Path] | None,
     check_hostname: bool,
 ) -> ssl.SSLContext:
     """A context for associations this node opens (delivery to a PACS).
 
     The peer's certificate is always verified: against ``ca_certificates``,
     or the system's trust store without one; with ``check_hostname`` it must
-    also name the host connected to. ``certificate`` and ``private_key``,
-    when given, are this node's identity for peers that require one (as
-    Orthanc does by default).
+    also name the host connected to. ``identity``, a certificate and its
+    private key, is this node's for peers that require one (as Orthanc does
+    by default).
     """
     context = _bcp195(ssl.Purpose.SERVER_AUTH, ca_certificates)
     context.check_hostname = check_hostname
-    if certificate is not None and private_key is not None:
-        _load_identity(context, certificate, private_key)
+    if identity is not None:
+        _load_identity(context, *identity)
     return context

@@ -267,13 +267,21 @@ class Delivery(Base):
 
 
 class AuditEvent(Base):
-    """One association: who called, what happened, how many instances."""
+    """One event of the audit trail, in the style of IHE ATNA (PS3.15 A.5):
+    an association's start and end (with its counts), instances stored for
+    one study, a query, a report exported, a change of configuration or
+    model, a security alert. ``daemon.audit`` names the events."""
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    event: Mapped[str] = mapped_column(String(32))  # released, aborted, rejected
+    event: Mapped[str] = mapped_column(String(32))
+    # ATNA EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious, 12 major.
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
+    # Only `triage audit` shows these two; the syslog copies leave them out.
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
     called_ae_title: Mapped[str] = mapped_column(String(16), default="")
     peer_address: Mapped[str] = mapped_column(String(64), default="")

@@ -68,7 +68,7 @@ def test_bad_input_is_refused_and_the_daemon_keeps_serving(
                 daemon.database()
                 .execute(
                     "select sum(instances_stored), sum(instances_refused) from audit_events "
-                    "where calling_ae_title = 'SCANNER'"
+                    "where calling_ae_title = 'SCANNER' and event in ('released', 'aborted')"
                 )
                 .fetchone()
             )

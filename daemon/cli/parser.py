@@ -6,7 +6,7 @@ import argparse
 
 from daemon import __version__
 from daemon.cli.models import cmd_demo, cmd_evaluate, cmd_phantoms, cmd_quantize, cmd_train
-from daemon.cli.records import cmd_outbox, cmd_purge, cmd_worklist
+from daemon.cli.records import cmd_audit, cmd_outbox, cmd_purge, cmd_worklist
 from daemon.cli.service import cmd_db, cmd_serve, cmd_status, cmd_systemd_dropin
 
 
@@ -220,6 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 5m, 12h, 90d")
     purge.set_defaults(handler=cmd_purge)
+
+    audit = with_config(
+        sub.add_parser(
+            "audit",
+            help="read the audit trail back, with filters",
+            description="Associations, instances stored, queries, reports exported, "
+            "configuration and model changes, and security alerts (IHE ATNA style), oldest "
+            "first. Only this command shows the Patient ID and Study Instance UID of an event; "
+            "the syslog copies leave them out.",
+        )
+    )
+    audit.add_argument("--since", metavar="WHEN", help="7d, 12h, 30m ago, or an ISO time (UTC)")
+    audit.add_argument("--until", metavar="WHEN", help="as --since")
+    audit.add_argument("--peer", metavar="ADDRESS|AE", help="a peer's address or AE title")
+    audit.add_argument("--patient-id", metavar="ID", help="events about this patient")
+    audit.add_argument("--event", metavar="NAME", help="one kind, e.g. query, rejected")
+    audit.add_argument("--limit", type=int, default=1000, help="the newest N (default 1000)")
+    audit.add_argument("--json", action="store_true", help="print JSON for machines")
+    audit.set_defaults(handler=cmd_audit)
 
     status = with_config(
         sub.add_parser(

@@ -1,4 +1,4 @@
-"""``triage worklist``, ``outbox`` and ``purge``: the clinical records the daemon keeps."""
+"""``triage worklist``, ``outbox``, ``purge`` and ``audit``: the records the daemon keeps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 from daemon.cli.context import migrated_sessions, settings_from
 from daemon.cli.process import configure_logging
@@ -48,10 +49,97 @@ def cmd_worklist(args: argparse.Namespace) -> int:
         )
         for e in entries
     ]
+    _print_table(columns, table)
+    print(f"{len(entries)} urgent referral(s)")
+    return 0
+
+
+def _print_table(columns: tuple[str, ...], table: Sequence[tuple[object, ...]]) -> None:
     widths = [max(len(str(row[i])) for row in [columns, *table]) for i in range(len(columns))]
     for row in [columns, *table]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print(f"{len(entries)} urgent referral(s)")
+        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(line.rstrip())
+
+
+def parse_moment(text: str, now: dt.datetime) -> dt.datetime:
+    """A time for a filter, as naive UTC (the database's): "7d" or "90m" ago,
+    or an ISO date or date and time ("2026-11-30", "2026-11-30T14:00"; UTC
+    unless it says otherwise)."""
+    from daemon.config import parse_duration
+    from domain.errors import ConfigError
+
+    try:
+        return now - dt.timedelta(seconds=parse_duration(text))
+    except ConfigError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is neither a duration like 7d nor an ISO time.") from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from storage.queries import AuditFilter, audit_events
+
+    settings = settings_from(args)
+    configure_logging("WARNING")
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    where = AuditFilter(
+        since=parse_moment(args.since, now) if args.since else None,
+        until=parse_moment(args.until, now) if args.until else None,
+        peer=args.peer or "",
+        patient_id=args.patient_id or "",
+        event=args.event or "",
+        limit=args.limit,
+    )
+    with migrated_sessions(settings)() as session:
+        events = audit_events(session, where)
+        rows = [
+            {
+                "id": e.id,
+                "at": e.at.isoformat(timespec="seconds"),
+                "event": e.event,
+                "outcome": e.outcome,
+                "peer_address": e.peer_address,
+                "calling_ae_title": e.calling_ae_title,
+                "called_ae_title": e.called_ae_title,
+                "patient_id": e.patient_id,
+                "study_instance_uid": e.study_instance_uid,
+                "instances_stored": e.instances_stored,
+                "instances_refused": e.instances_refused,
+                "queries": e.queries,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("Id", "At (UTC)", "Event", "Outcome", "Peer", "Calling", "Called", "Patient ID")
+    _print_table(
+        (*columns, "Stored", "Refused", "Queries", "Detail"),
+        [
+            (
+                r["id"],
+                str(r["at"]).replace("T", " "),
+                r["event"],
+                r["outcome"],
+                r["peer_address"],
+                r["calling_ae_title"],
+                r["called_ae_title"],
+                r["patient_id"],
+                r["instances_stored"],
+                r["instances_refused"],
+                r["queries"],
+                str(r["detail"])[:80],
+            )
+            for r in rows
+        ],
+    )
+    print(f"{len(rows)} event(s)")
     return 0
 
 

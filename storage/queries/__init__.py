@@ -8,6 +8,7 @@ question or change. Each aggregate's state changes live in its own module:
 - ``occlusion_maps``: which triaged images still need a map
 - ``worklist``: the urgent referrals
 - ``retention``: retiring studies past their time
+- ``audit``: the audit trail, added to and read back
 - ``common``: the database clock, insert-or-read, leases
 
 Every function takes a ``Session`` and leaves committing to the caller, so
@@ -15,6 +16,12 @@ that the caller decides what is one transaction. Callers use
 ``from storage import queries`` and ``queries.<function>``.
 """
 
+from storage.queries.audit import (
+    AuditFilter,
+    add_audit_event,
+    audit_events,
+    delivery_subject,
+)
 from storage.queries.common import (
     NO_PATIENT_ID_ISSUER,
     Destination,
@@ -76,16 +83,20 @@ from storage.queries.worklist import WorklistEntry, urgent_worklist
 
 __all__ = [
     "NO_PATIENT_ID_ISSUER",
+    "AuditFilter",
     "Destination",
     "OutboxRow",
     "Purge",
     "WorklistEntry",
+    "add_audit_event",
     "add_occlusion_deliveries",
     "add_report",
+    "audit_events",
     "commit_report_state",
     "database_now",
     "delete_occlusion_maps",
     "delivery_counts",
+    "delivery_subject",
     "due_deliveries",
     "find_instance",
     "get_or_insert",
