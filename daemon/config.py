@@ -110,6 +110,15 @@ class DicomSettings(Section):
             self.allowed_calling_aets or self.allowed_networks or self.tls_port
         )
 
+    def resolved(self, environ: Mapping[str, str]) -> DicomSettings:
+        """The TLS private key from systemd's credential "dicom-tls-private-key"
+        when ``tls_private_key`` names no file: the key then never lies in a
+        path the service's configuration names."""
+        if self.tls_private_key:
+            return self
+        key = credential(environ, TLS_PRIVATE_KEY_CREDENTIAL)
+        return dataclasses.replace(self, tls_private_key=str(key)) if key else self
+
     def client_identity(self) -> tuple[Path, Path] | None:
         """This node's certificate and key, presented when it calls a TLS peer."""
         if self.tls_certificate and self.tls_private_key:
@@ -280,14 +289,20 @@ class StorageSettings(Section):
     def _password_file(self, environ: Mapping[str, str]) -> Path | None:
         if self.database_password_file:
             return Path(self.database_password_file)
-        if credentials := environ.get("CREDENTIALS_DIRECTORY"):
-            candidate = Path(credentials) / DATABASE_PASSWORD_CREDENTIAL
-            if candidate.is_file():
-                return candidate
-        return None
+        return credential(environ, DATABASE_PASSWORD_CREDENTIAL)
+
+
+def credential(environ: Mapping[str, str], name: str) -> Path | None:
+    """systemd's credential ``name`` (``LoadCredential=``), if the unit passed it."""
+    if credentials := environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(credentials) / name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 DATABASE_PASSWORD_CREDENTIAL = "database-password"
+TLS_PRIVATE_KEY_CREDENTIAL = "dicom-tls-private-key"
 
 
 def _with_password(database_url: str, password_file: Path) -> str:
@@ -571,6 +586,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         sections[name] = _build(name, cls, values)
     # Paths left empty default to the state directory.
     sections["storage"] = sections["storage"].resolved(env)
+    sections["dicom"] = sections["dicom"].resolved(env)
     sections["models"] = sections["models"].resolved(Path(sections["storage"].state_dir))
 
     destinations = tuple(

@@ -176,6 +176,31 @@ def test_the_database_password_comes_from_a_file_never_the_toml(tmp_path: Path) 
         load_settings(config, {"STATE_DIRECTORY": str(tmp_path)})
 
 
+def test_the_tls_key_may_come_from_a_systemd_credential(tmp_path: Path) -> None:
+    environ = {
+        "STATE_DIRECTORY": str(tmp_path),
+        "TRIAGE_DICOM_TLS_PORT": "2762",
+        "TRIAGE_DICOM_TLS_CERTIFICATE": "/etc/dicom-triage/tls.pem",
+    }
+    with pytest.raises(ConfigError, match="tls_private_key"):
+        load_settings(None, environ)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "dicom-tls-private-key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    settings = load_settings(None, {**environ, "CREDENTIALS_DIRECTORY": str(credentials)})
+    assert settings.dicom.tls_private_key == str(credentials / "dicom-tls-private-key")
+    # A key named in the configuration wins.
+    named = load_settings(
+        None,
+        {
+            **environ,
+            "CREDENTIALS_DIRECTORY": str(credentials),
+            "TRIAGE_DICOM_TLS_PRIVATE_KEY": "/etc/dicom-triage/tls.key",
+        },
+    )
+    assert named.dicom.tls_private_key == "/etc/dicom-triage/tls.key"
+
+
 def test_allowed_networks_and_the_worklist_policy(tmp_path: Path) -> None:
     settings = load_settings(
         None,

@@ -52,13 +52,18 @@ def test_tls_port_beside_the_plain_one(
 ) -> None:
     tls_port = free_port()
     ca = str(pki["ca"][1])
+    # The key as systemd passes it (LoadCredential=dicom-tls-private-key:...),
+    # named nowhere in the configuration.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "dicom-tls-private-key").write_bytes(pki["server"][0].read_bytes())
     daemon = TriageDaemon(
         tmp_path / "state",
         model_dirs,
         TRIAGE_DICOM_TLS_PORT=str(tls_port),
         TRIAGE_DICOM_TLS_CERTIFICATE=str(pki["server"][1]),
-        TRIAGE_DICOM_TLS_PRIVATE_KEY=str(pki["server"][0]),
         TRIAGE_DICOM_TLS_CA_CERTIFICATES=ca,
+        CREDENTIALS_DIRECTORY=str(credentials),
     )
 
     def tls(name: str) -> list[str]:
