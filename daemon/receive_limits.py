@@ -12,9 +12,11 @@ the listener opens gets these bounds before its first byte is read:
 - **Dataset size** (``[dicom] max_dataset_bytes``): a C-STORE dataset (or
   any other message) growing past it aborts the association (A-ABORT) and
   its partial file is removed.
-- **Associations per peer** (``[dicom] max_associations_per_peer``), beside
-  pynetdicom's total (``max_associations``): A-ASSOCIATE-RJ, transient,
-  local limit exceeded, which a modality retries later.
+- **Associations** (``[dicom] max_associations`` in all,
+  ``max_associations_per_peer`` from one address), counting live ones only
+  (pynetdicom's own count keeps a peer that left before saying anything for
+  its whole ACSE wait, so that a port scan would fill it): A-ASSOCIATE-RJ,
+  transient, local limit exceeded, which a modality retries later.
 - **Disk** (``[storage] reserve_bytes_per_association``): an association
   is accepted only while the spool's disk keeps ``min_free_bytes`` plus
   that much for each open association and the new one; otherwise the same
@@ -59,6 +61,7 @@ class PeerTooSlow(OSError):
 
 @dataclasses.dataclass(frozen=True)
 class ReceiveLimits:
+    max_associations: int
     max_pdu_size: int  # 0: no bound
     pdu_seconds: float
     max_dataset_bytes: int
@@ -77,6 +80,7 @@ class ReceiveLimits:
         alert: Callable[[str, str], None] | None = None,
     ) -> ReceiveLimits:
         return cls(
+            max_associations=settings.dicom.max_associations,
             max_pdu_size=settings.dicom.max_pdu_size,
             pdu_seconds=settings.dicom.network_timeout_seconds,
             max_dataset_bytes=settings.dicom.max_dataset_bytes,
@@ -98,6 +102,8 @@ class ReceiveLimits:
         open_here = [
             a for a in association.ae.active_associations if a.is_acceptor and _connected(a)
         ]
+        if len(open_here) > self.max_associations:
+            return f"{len(open_here) - 1} associations are open, the most allowed"
         from_peer = sum(1 for a in open_here if a.requestor.address == peer)
         if from_peer > self.max_associations_per_peer:
             return f"{from_peer - 1} associations from it are open, the most one peer may have"

@@ -282,6 +282,9 @@ def handle_connection_open(event: Any) -> None:
     set_nodelay(event.assoc)
 
 
+ASSOCIATION_THREADS_PER_PLACE = 4
+
+
 def make_acceptor(
     settings: DicomSettings,
 ) -> AE:
@@ -292,7 +295,11 @@ def make_acceptor(
     # reason 7 otherwise); an allow-list of calling AE titles, when set,
     # rejects everyone else with reason 3 (PS3.8 9.3.4).
     ae.require_called_aet = True
-    ae.maximum_associations = settings.max_associations
+    # The limit itself (max_associations) is daemon.receive_limits': it
+    # counts live associations only, where pynetdicom also counts peers that
+    # left before saying anything (for up to its ACSE wait). pynetdicom's
+    # own bound stays as a ceiling on threads.
+    ae.maximum_associations = settings.max_associations * ASSOCIATION_THREADS_PER_PLACE
     ae.network_timeout = settings.network_timeout_seconds
     ae.acse_timeout = 30
     ae.dimse_timeout = 60

@@ -187,3 +187,40 @@ def test_an_association_needs_room_on_the_disk(
         daemon.wait_for_reported_studies(2)
     finally:
         assert daemon.stop() == 0, daemon.log
+
+
+def test_the_total_counts_live_associations_not_peers_that_left(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """At most max_associations at once, from any peers; but connections
+    that closed before saying anything do not hold a place (pynetdicom keeps
+    them in its list until its ACSE wait of 30 s ends)."""
+    files = sorted(write_dicom_studies("cxr", tmp_path / "src", 1, seed=173).rglob("*.dcm"))
+    daemon = TriageDaemon(
+        tmp_path / "state",
+        tiny_model_dirs,
+        TRIAGE_DICOM_MAX_ASSOCIATIONS="3",
+        TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER="2",
+    )
+    daemon.start()
+    try:
+        for _ in range(5):  # a port scanner: connect, close
+            socket.create_connection(("127.0.0.1", daemon.port)).close()
+        time.sleep(0.5)
+        assert _store_from(daemon.port, "127.0.0.2", files[0]) == 0x0000, daemon.log
+
+        held = [
+            _associate(daemon.port),
+            _associate(daemon.port),
+            _associate(daemon.port, "127.0.0.2"),
+        ]
+        try:
+            assert all(a.is_established for a in held), daemon.log
+            assert _rejection(_associate(daemon.port, "127.0.0.3")) == (0x02, 0x03, 0x02)
+        finally:
+            for association in held:
+                association.release()
+        assert _store_from(daemon.port, "127.0.0.3", files[1]) == 0x0000
+        print(f"\npeak memory {daemon.peak_memory_mib():.0f} MiB")
+    finally:
+        assert daemon.stop() == 0, daemon.log
