@@ -18,6 +18,7 @@ live() { [[ -z "$root" ]] && [[ -d /run/systemd/system ]]; }
 if [[ "${1:-install}" == uninstall ]]; then
   live && systemctl disable --now dicom-triage.service || true
   rm -f "$unit_dir/dicom-triage.service" "$sysusers_dir/dicom-triage.conf"
+  rm -rf "$unit_dir/dicom-triage.service.d"
   rm -rf "$prefix"
   live && systemctl daemon-reload || true
   echo "dicom-triage removed; kept $etc and $state (delete them by hand to erase all data)"
@@ -46,6 +47,17 @@ if [[ ! -e "$etc/triage.toml" ]]; then
 fi
 [[ -z "$root" ]] && chgrp dicom-triage "$etc" "$etc/triage.toml"
 install -m 0644 "$src/systemd/dicom-triage.service" "$unit_dir/dicom-triage.service"
+# The kernel's fence from [dicom] allowed_networks (IPAddressAllow=), when
+# the configuration names them; run again after changing them.
+if [[ -x "$prefix/.venv/bin/triage" ]]; then
+  if dropin=$("$prefix/.venv/bin/triage" systemd-dropin --config "$etc/triage.toml" 2>/dev/null); then
+    install -d -m 0755 "$unit_dir/dicom-triage.service.d"
+    printf '%s\n' "$dropin" > "$unit_dir/dicom-triage.service.d/network.conf"
+    echo "wrote $unit_dir/dicom-triage.service.d/network.conf from [dicom] allowed_networks"
+  else
+    echo "no network drop-in: set [dicom] allowed_networks, then run systemd/install.sh again"
+  fi
+fi
 install -d -m 0750 "$state/models"
 install -m 0644 "$src/docs/operations.md" "$prefix/README.md"
 if live; then

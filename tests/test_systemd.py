@@ -187,10 +187,27 @@ def test_install_script_into_a_staging_root(tmp_path: Path) -> None:
     config.write_text(config.read_text() + "\n# site edit\n")
     subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=60)
     assert "# site edit" in config.read_text()  # an upgrade never overwrites the config
+    dropin = tmp_path / "etc/systemd/system/dicom-triage.service.d/network.conf"
+    assert not dropin.exists()  # no allowed_networks: no fence that would cut scanners off
+
+    # With allowed networks (and this environment's triage as the installed
+    # one), the install writes the kernel's fence for them.
+    venv_bin = tmp_path / "opt/dicom-triage/.venv/bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "triage").symlink_to(Path(sys.executable).parent / "triage")
+    config.write_text(
+        config.read_text().replace(
+            "allowed_networks = []  ", 'allowed_networks = ["10.9.0.0/16"]', 1
+        )
+    )
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=60)
+    assert "IPAddressDeny=any\n" in dropin.read_text()
+    assert "IPAddressAllow=10.9.0.0/16\n" in dropin.read_text()
     subprocess.run(
         ["bash", str(script), "uninstall"], env=env, check=True, capture_output=True, timeout=60
     )
     assert not (tmp_path / "etc/systemd/system/dicom-triage.service").exists()
+    assert not dropin.exists()
     assert not (tmp_path / "opt/dicom-triage").exists()
     assert config.exists() and (tmp_path / "var/lib/dicom-triage").exists()
 
