@@ -134,6 +134,8 @@ def test_who_may_connect_and_read_the_worklist(tmp_path: Path, model_dirs: dict[
         )
         assert not outsider.is_established
         daemon.wait_for_log("Refused a connection from 127.0.0.2: not in dicom.allowed_networks")
+        alerts = daemon.triage("audit", "--peer", "127.0.0.2", "--json").stdout
+        assert '"detail": "not in dicom.allowed_networks"' in alerts, alerts
         assert daemon.storescu(files).returncode == 0
         daemon.wait_for_reported_studies(len(files))
 
@@ -157,5 +159,7 @@ def test_who_may_connect_and_read_the_worklist(tmp_path: Path, model_dirs: dict[
         # 0x0124, Refused: not authorized (PS3.7 C.5); dcmtk knows no name for it.
         assert "Final Find Response (Unknown Status: 0x124)" in refused.stderr, refused.stderr
         daemon.wait_for_log("Refused a worklist query from SNOOP")
+        refusals = daemon.triage("audit", "--event", "query-refused", "--peer", "SNOOP").stdout
+        assert "1 event(s)" in refusals, refusals
     finally:
         assert daemon.stop() == 0, daemon.log

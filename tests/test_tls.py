@@ -108,6 +108,8 @@ def test_tls_port_beside_the_plain_one(
             "wrong version number",
         ):
             daemon.wait_for_log(reason)
+        alerts = daemon.triage("audit", "--event", "connection-refused").stdout
+        assert alerts.count("TLS handshake refused") >= len(refused), alerts
         # Still serving.
         assert _echo(daemon, tls_port, *tls("scanner")).returncode == 0
     finally:
