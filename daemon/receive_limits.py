@@ -18,9 +18,10 @@ the listener opens gets these bounds before its first byte is read:
   its whole ACSE wait, so that a port scan would fill it): A-ASSOCIATE-RJ,
   transient, local limit exceeded, which a modality retries later.
 - **Disk** (``[storage] reserve_bytes_per_association``): an association
-  is accepted only while the spool's disk keeps ``min_free_bytes`` plus
-  that much for each open association and the new one; otherwise the same
-  transient rejection.
+  proposing storage is accepted only while the spool's disk keeps
+  ``min_free_bytes`` plus that much for each open association and the new
+  one; otherwise the same transient rejection. Echoes and worklist queries
+  need no disk and go on.
 
 Each refusal is logged with the peer's address and why, never a patient.
 The hooks replace methods on one association's own objects (its socket's
@@ -53,6 +54,8 @@ ASSOCIATION_PDU_FLOOR = 1024 * 1024
 # A-ASSOCIATE-RJ: rejected-transient (2), service-provider presentation (3),
 # local-limit-exceeded (2): PS3.8 9.3.4.
 REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# Services that write nothing to the spool: Verification, Modality Worklist.
+WITHOUT_STORAGE = frozenset({"1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31"})
 
 
 class PeerTooSlow(OSError):
@@ -97,8 +100,10 @@ class ReceiveLimits:
         _bound_datasets(association, self, peer)
         _admit_within_limits(association, self, peer)
 
-    def refusal(self, association: Association, peer: str) -> str | None:
-        """Why a new association from ``peer`` must wait, or None."""
+    def refusal(self, association: Association, peer: str, stores: bool = True) -> str | None:
+        """Why a new association from ``peer`` must wait, or None. The disk
+        is asked only of one that proposes storage (``stores``): echoes and
+        worklist queries go on while the spool is full."""
         open_here = [
             a for a in association.ae.active_associations if a.is_acceptor and _connected(a)
         ]
@@ -107,6 +112,8 @@ class ReceiveLimits:
         from_peer = sum(1 for a in open_here if a.requestor.address == peer)
         if from_peer > self.max_associations_per_peer:
             return f"{from_peer - 1} associations from it are open, the most one peer may have"
+        if not stores:
+            return None
         needed = self.min_free_bytes + len(open_here) * self.reserve_bytes_per_association
         free = self.free_bytes()
         if free < needed:
@@ -222,11 +229,13 @@ def _admit_within_limits(association: Association, limits: ReceiveLimits, peer: 
     negotiate = acse._negotiate_as_acceptor
 
     def negotiate_within_limits() -> None:
-        reason = limits.refusal(association, peer)
+        request = acse.requestor.primitive
+        proposed = request.presentation_context_definition_list if request is not None else []
+        stores = any(str(c.abstract_syntax) not in WITHOUT_STORAGE for c in proposed)
+        reason = limits.refusal(association, peer, stores)
         if reason is None:
             negotiate()
             return
-        request = acse.requestor.primitive
         acse.requestor.ae_title = request.calling_ae_title if request is not None else ""
         logger.warning("Rejected an association from %s for now: %s", peer, reason)
         # The rejection itself is audited by the EVT_REJECTED handler.

@@ -243,6 +243,7 @@ def test_mixed_traffic_with_faults(
             pacs,
             TRIAGE_STORAGE_SPOOL_DIR=str(spool),
             TRIAGE_STORAGE_MIN_FREE_BYTES="0",  # a real ENOSPC, not the watermark
+            TRIAGE_STORAGE_RESERVE_BYTES_PER_ASSOCIATION="0",  # nor the reservation
             TRIAGE_DELIVERY_RETRY_SCHEDULE="100x1s",
         )
         octs = plan_studies(oct_pool, tmp_path / "oct", studies=4, images_per_study=4, seed=7)
