@@ -33,8 +33,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,12 +68,27 @@ EVENT_CODES: dict[str, tuple[str, str, str, str]] = {
 PATIENT_FIELDS = ("patient_id", "study_instance_uid")
 
 
+# A peer that keeps being refused for one reason (a port scan, a
+# misconfigured modality) gets one security alert per this many seconds,
+# carrying the count of those left out, not one row per connection.
+ALERT_INTERVAL_SECONDS = 10.0
+
+
 class AuditTrail:
     """Records events: the row first, then each sink (syslog)."""
 
-    def __init__(self, sessions: sessionmaker[Session], sinks: Sequence[AuditSink] = ()) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        sinks: Sequence[AuditSink] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sessions = sessions
         self.sinks = list(sinks)
+        self.clock = clock
+        self._alerts_lock = threading.Lock()
+        # (peer address, event, kind): (when last recorded, how many left out since)
+        self._alerts: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     def record(self, event: str, outcome: int = SUCCESS, /, **fields: Any) -> None:
         """One event; ``fields`` are ``audit_events`` columns."""
@@ -89,6 +106,24 @@ class AuditTrail:
                 sink.send(event, text, outcome != SUCCESS)
 
     def security_alert(self, peer: str, detail: str, event: str = "connection-refused") -> None:
+        """A refusal; from one peer, at most one each ``ALERT_INTERVAL_SECONDS``."""
+        now = self.clock()
+        # One kind of refusal: the same words, whatever the numbers in them.
+        key = (peer, event, re.sub(r"\d+", "#", detail))
+        with self._alerts_lock:
+            last, left_out = self._alerts.get(key, (-ALERT_INTERVAL_SECONDS, 0))
+            if now - last < ALERT_INTERVAL_SECONDS:
+                self._alerts[key] = (last, left_out + 1)
+                return
+            self._alerts[key] = (now, 0)
+            if len(self._alerts) > 10_000:  # forget the quiet ones
+                self._alerts = {
+                    key: value
+                    for key, value in self._alerts.items()
+                    if now - value[0] < ALERT_INTERVAL_SECONDS
+                }
+        if left_out:
+            detail += f" (and {left_out} more like it from this peer since the last alert)"
         self.record(event, MINOR_FAILURE, peer_address=peer, detail=detail)
 
     def close(self) -> None:

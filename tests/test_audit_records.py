@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,32 @@ def test_times_for_the_filters() -> None:
     assert parse_moment("2026-11-29T14:00+01:00", now) == dt.datetime(2026, 11, 29, 13, 0)
     with pytest.raises(ConfigError, match="neither a duration"):
         parse_moment("yesterday", now)
+
+
+def test_a_flood_of_refusals_is_one_alert_per_interval(tmp_path: Path) -> None:
+    from daemon.audit import ALERT_INTERVAL_SECONDS, AuditTrail
+    from storage.database import create_database_engine, make_session_factory, upgrade
+    from storage.queries import AuditFilter, audit_events
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    now = [1000.0]
+    trail = AuditTrail(sessions, clock=lambda: now[0])
+    for _ in range(50):  # a port scan from one address
+        trail.security_alert("10.0.0.9", "not in dicom.allowed_networks")
+    trail.security_alert("10.0.0.10", "not in dicom.allowed_networks")
+    trail.security_alert("10.0.0.9", "declared a PDU of 2147483648 bytes, over 4194304")
+    trail.security_alert("10.0.0.9", "declared a PDU of 3000000000 bytes, over 4194304")
+    now[0] += ALERT_INTERVAL_SECONDS
+    trail.security_alert("10.0.0.9", "not in dicom.allowed_networks")
+    with sessions() as session:
+        rows = audit_events(session, AuditFilter(event="connection-refused"))
+    assert [(r.peer_address, r.detail[:12]) for r in rows] == [
+        ("10.0.0.9", "not in dicom"),
+        ("10.0.0.10", "not in dicom"),
+        ("10.0.0.9", "declared a P"),  # another kind of refusal: its own alert
+        ("10.0.0.9", "not in dicom"),
+    ]
+    assert rows[3].detail.endswith("(and 49 more like it from this peer since the last alert)")
+    assert all(r.outcome == 4 for r in rows)

@@ -108,8 +108,10 @@ def test_tls_port_beside_the_plain_one(
             "wrong version number",
         ):
             daemon.wait_for_log(reason)
-        alerts = daemon.triage("audit", "--event", "connection-refused").stdout
-        assert alerts.count("TLS handshake refused") >= len(refused), alerts
+        alerts = daemon.triage("audit", "--event", "connection-refused", "--json").stdout
+        # Each kind of refusal once (a burst of one kind is one alert with a count).
+        for reason in ("unable to get local issuer", "expired", "did not return a certificate"):
+            assert reason in alerts, alerts
         # Still serving.
         assert _echo(daemon, tls_port, *tls("scanner")).returncode == 0
     finally:
