@@ -1,26 +1,57 @@
 # Quick start: `make demo` runs the whole path on phantoms; `make test` runs
 # the test suite against real dcmtk, Orthanc, dicom3tools and PostgreSQL.
-PYTHON ?= python3.11
+# Python 3.11, 3.12 or 3.13 (PYTHON=python3.13, say). Every install takes
+# the exact versions of uv.lock, through its hashed exports in requirements/.
+PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make wheelhouse`: for this Python version and platform unless told otherwise.
+WHEELHOUSE ?= wheelhouse
+WHEEL_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+FLAVOUR ?= cpu
 
-.PHONY: demo test phantom-models install install-dev install-service uninstall-service system-deps lint clean
+.PHONY: demo demo-train test test-wheelhouses phantom-models install install-dev install-service uninstall-service system-deps lint lock wheelhouse clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null || { \
+	  echo "dicom-triage runs on Python 3.11, 3.12 or 3.13; $(PYTHON) is $$($(PYTHON) -V 2>&1)."; \
+	  echo "Name one with PYTHON=python3.12 (say), or install one: apt install python3"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "Cannot make a virtual environment: on Debian or Ubuntu, apt install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The daemon alone: the demo uses the phantom models that ship in phantoms/trained.
+# The daemon alone, on ONNX Runtime's CPU build: the demo uses the phantom
+# models that ship in phantoms/trained (no TensorFlow).
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --require-hashes -r requirements/cpu.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 
+# With the trainer (TensorFlow) and the test tools.
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,test]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+
+# After changing dependencies in pyproject.toml: lock them again and export
+# the hashed lists that pip installs from (tests/test_install.py checks they agree).
+lock: install-dev
+	$(BIN)/uv lock
+	$(BIN)/uv export --frozen --no-emit-project --no-header --extra cpu -o requirements/cpu.txt
+	$(BIN)/uv export --frozen --no-emit-project --no-header --extra gpu -o requirements/gpu.txt
+	$(BIN)/uv export --frozen --no-emit-project --no-header --extra cpu --extra train --extra test -o requirements/dev.txt
+
+# Every wheel the service needs, for an air-gapped host: systemd/install.sh
+# --wheelhouse DIR installs from it with no network.
+wheelhouse: $(BIN)/python
+	PYTHON=$(BIN)/python bash systemd/wheelhouse.sh $(WHEELHOUSE) $(WHEEL_PYTHON) $(FLAVOUR)
 
 system-deps:
 	bash tests/install_system_deps.sh
 
 demo: install
+	$(BIN)/triage demo
+
+# The demo with models trained here first, by the project's trainer (TensorFlow).
+demo-train: install-dev phantom-models
 	$(BIN)/triage demo
 
 lint: install-dev
@@ -30,9 +61,16 @@ lint: install-dev
 
 # The whole suite on SQLite, then every test that touches a database (the
 # network tests) again on a private PostgreSQL server.
-test: system-deps install-dev lint
+test: system-deps install-dev lint test-wheelhouses
 	bash tests/run_in_netns.sh $(BIN)/pytest --run-training
 	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
+
+# Wheelhouses for tests/test_install.py, which installs from them inside the
+# network namespace, where nothing can be downloaded.
+TEST_PYTHONS := 3.11 3.12 3.13
+test-wheelhouses: install-dev
+	for version in $(TEST_PYTHONS); do \
+	  PYTHON=$(BIN)/python bash systemd/wheelhouse.sh .wheelhouse/$$version $$version cpu; done
 
 # The phantom-trained packages the demo and the tests use (phantoms/trained): run
 # after changing the phantoms, the model input or the package format.

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from daemon.config import Settings, keep_restart_keys, load_settings, restart_needed
 from domain.errors import TriageError
 from domain.triage import TriageModality
-from model_runtime.classifier import Classifier
+from model_runtime.classifier import Classifier, provider_reason
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,11 @@ def load_classifiers(settings: Settings) -> Mapping[TriageModality, Classifier]:
         TriageModality.CXR: Classifier(Path(settings.models.cxr), settings.models.device),
     }
     providers = sorted({c.provider for c in classifiers.values()})
-    logger.info("Inference runs on %s", ", ".join(providers))
+    logger.info(
+        "Inference runs on %s: %s",
+        ", ".join(providers),
+        provider_reason(providers[0], settings.models.device),
+    )
     for modality, classifier in classifiers.items():
         manifest = classifier.manifest
         logger.info(

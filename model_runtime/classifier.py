@@ -41,7 +41,8 @@ def create_session(model_path: Path, device: str) -> tuple[ort.InferenceSession,
     wants_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
     if device == "cuda" and not wants_cuda:
         raise InferenceError(
-            'models.device is "cuda" but this onnxruntime build has no CUDA provider.'
+            'models.device is "cuda" but this onnxruntime build has no CUDA provider '
+            "(the CPU build is installed: install dicom-triage with the gpu extra)."
         )
     providers = [CUDA, CPU] if wants_cuda else [CPU]
     # A CUDA provider that does not load is said once, below, in our words;
@@ -56,15 +57,28 @@ def create_session(model_path: Path, device: str) -> tuple[ort.InferenceSession,
         if device == "cuda":
             raise InferenceError(
                 'models.device is "cuda" but the CUDA provider did not load '
-                "(onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9)."
+                "(onnxruntime-gpu 1.31 needs the NVIDIA driver, and CUDA 13 and cuDNN 9: "
+                "the gpu extra's nvidia-* wheels bring those)."
             )
         if not _fallback_reported.is_set():
             _fallback_reported.set()
             logger.warning(
-                "The CUDA execution provider could not be loaded (onnxruntime-gpu needs "
-                "CUDA 13 and cuDNN 9 on this machine); inference runs on the CPU instead."
+                "The CUDA execution provider could not be loaded (onnxruntime-gpu needs the "
+                "NVIDIA driver, and CUDA 13 and cuDNN 9, which the gpu extra's nvidia-* wheels "
+                "bring); inference runs on the CPU instead."
             )
     return session, active
+
+
+def provider_reason(provider: str, device: str) -> str:
+    """Why inference runs where it does, for the start-up log."""
+    if provider == CUDA:
+        return "the CUDA provider loaded"
+    if device == "cpu":
+        return 'models.device is "cpu"'
+    if CUDA not in ort.get_available_providers():
+        return "ONNX Runtime's CPU build is installed (the gpu extra brings the CUDA one)"
+    return "the CUDA provider did not load (see the warning above)"
 
 
 class Classifier:

@@ -1,11 +1,48 @@
 #!/usr/bin/env bash
 # Install dicom-triage as a systemd service (run as root from the source tree).
-#   systemd/install.sh            install or upgrade
+#   systemd/install.sh [--cpu|--gpu] [--wheelhouse DIR]   install or upgrade
 #   systemd/install.sh uninstall  remove everything except the data and the config
+# ONNX Runtime's GPU build (with CUDA and cuDNN as pip wheels: the host needs
+# only the NVIDIA driver) when a driver is present, else the CPU build;
+# --cpu or --gpu decides instead. --wheelhouse DIR installs with no network
+# from a folder `make wheelhouse` wrote. Versions are uv.lock's (requirements/).
+# PYTHON=python3.12 picks the interpreter (else the newest of 3.13, 3.12, 3.11).
 # DESTDIR=/some/root installs into a staging root instead (no user, no systemctl);
 # SKIP_VENV=1 leaves the virtual environment alone; WITH_TRAIN=1 adds the trainer.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
+action=install flavour="" wheelhouse=""
+while (($#)); do
+  case $1 in
+    uninstall) action=uninstall ;;
+    install) ;;
+    --cpu) flavour=cpu ;;
+    --gpu) flavour=gpu ;;
+    --wheelhouse) wheelhouse=$(cd "${2:?--wheelhouse needs a folder}" && pwd); shift ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ -z "$flavour" ]]; then
+  if [[ -e /proc/driver/nvidia/version ]] || command -v nvidia-smi >/dev/null; then
+    flavour=gpu
+  else
+    flavour=cpu
+  fi
+fi
+
+supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; }
+find_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    supported "$PYTHON" && { echo "$PYTHON"; return; }
+    echo "PYTHON=$PYTHON is not Python 3.11, 3.12 or 3.13" >&2; return 1
+  fi
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    command -v "$candidate" >/dev/null && supported "$candidate" && { echo "$candidate"; return; }
+  done
+  echo "dicom-triage needs Python 3.11, 3.12 or 3.13: apt install python3 python3-venv" >&2
+  return 1
+}
 root=${DESTDIR:-}
 prefix=$root/opt/dicom-triage
 etc=$root/etc/dicom-triage
@@ -15,7 +52,7 @@ state=$root/var/lib/dicom-triage
 
 live() { [[ -z "$root" ]] && [[ -d /run/systemd/system ]]; }
 
-if [[ "${1:-install}" == uninstall ]]; then
+if [[ "$action" == uninstall ]]; then
   live && systemctl disable --now dicom-triage.service || true
   rm -f "$unit_dir/dicom-triage.service" "$sysusers_dir/dicom-triage.conf"
   rm -rf "$unit_dir/dicom-triage.service.d"
@@ -35,10 +72,29 @@ if [[ -z "$root" ]]; then
   fi
 fi
 if [[ "${SKIP_VENV:-0}" != 1 ]]; then
-  python3.11 -m venv "$prefix/.venv"
-  "$prefix/.venv/bin/pip" install --quiet --upgrade pip
-  extra=""; [[ "${WITH_TRAIN:-0}" == 1 ]] && extra="[train]"
-  "$prefix/.venv/bin/pip" install --quiet "$src$extra"
+  python=$(find_python)
+  if ! "$python" -m venv --clear "$prefix/.venv"; then
+    echo "cannot make a virtual environment with $python: apt install python3-venv" >&2
+    exit 1
+  fi
+  pip=("$prefix/.venv/bin/pip" --quiet --disable-pip-version-check)
+  if [[ -n "$wheelhouse" ]]; then
+    # Nothing from the network: the wheels and the list they were chosen by
+    # (which also decides the ONNX Runtime build).
+    flavour=cpu
+    compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=gpu
+    "${pip[@]}" install --no-index --find-links "$wheelhouse" --require-hashes \
+      -r "$wheelhouse/requirements.txt"
+    "${pip[@]}" install --no-index --no-deps "$wheelhouse"/dicom_triage-*.whl
+  else
+    "${pip[@]}" install --upgrade pip
+    "${pip[@]}" install --require-hashes -r "$src/requirements/$flavour.txt"
+    "${pip[@]}" install --no-deps "$src"
+    if [[ "${WITH_TRAIN:-0}" == 1 ]]; then
+      "${pip[@]}" install "$src[train]"
+    fi
+  fi
+  echo "installed for $("$prefix/.venv/bin/python" -V) with ONNX Runtime's $flavour build"
 fi
 install -d -m 0750 "$etc"
 if [[ ! -e "$etc/triage.toml" ]]; then
