@@ -9,9 +9,10 @@ the listener opens gets these bounds before its first byte is read:
 - **Pace** (``[dicom] network_timeout_seconds``): each PDU must arrive whole
   within that time, so a peer trickling a byte a second is cut off
   (pynetdicom's own idle timer never fires while a read is under way).
-- **Dataset size** (``[dicom] max_dataset_bytes``): a C-STORE dataset (or
-  any other message) growing past it aborts the association (A-ABORT) and
-  its partial file is removed.
+- **Dataset size** (``[dicom] max_dataset_bytes``): a C-STORE dataset
+  growing past it aborts the association (A-ABORT) and its partial file is
+  removed; any other message (held in memory: a C-FIND identifier) may not
+  grow past 1 MiB beyond its first PDU.
 - **Associations** (``[dicom] max_associations`` in all,
   ``max_associations_per_peer`` from one address), counting live ones only
   (pynetdicom's own count keeps a peer that left before saying anything for
@@ -43,6 +44,7 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 
 from daemon.config import Settings
 
@@ -54,6 +56,9 @@ ASSOCIATION_PDU_FLOOR = 1024 * 1024
 # A-ASSOCIATE-RJ: rejected-transient (2), service-provider presentation (3),
 # local-limit-exceeded (2): PS3.8 9.3.4.
 REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# A message held in memory (a C-FIND identifier; C-STORE datasets go to
+# disk as they arrive) needs far less: a worklist query is a few kilobytes.
+IN_MEMORY_DATASET_BYTES = 1024 * 1024
 # Services that write nothing to the spool: Verification, Modality Worklist.
 WITHOUT_STORAGE = frozenset({"1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31"})
 
@@ -189,29 +194,48 @@ def _read_by(sock: Any, nr_bytes: int, deadline: float, peer: str) -> bytearray:
 
 
 def _bound_datasets(association: Association, limits: ReceiveLimits, peer: str) -> None:
-    """A message's dataset growing past ``max_dataset_bytes`` aborts the
-    association and its partial file is removed."""
-    limit = limits.max_dataset_bytes
+    """A message's dataset growing past its bound aborts the association and
+    its partial file is removed: ``max_dataset_bytes`` for a C-STORE written
+    to disk as it arrives, ``IN_MEMORY_DATASET_BYTES`` for any other. Each
+    P-DATA is measured before it is taken, once the message's command says
+    which it is; before that (the command and data in one PDU), after."""
     dimse = association.dimse
     receive = dimse.receive_primitive
 
+    def measured(message: Any) -> tuple[int, int, Any] | None:
+        """(bytes so far, bound, file) of a message whose kind is known."""
+        if message is None or type(message) is DIMSEMessage:
+            return None
+        file = message._data_set_file
+        if file is not None:
+            return file.tell(), limits.max_dataset_bytes, file
+        held = message.data_set.tell() if message.data_set is not None else 0
+        return held, min(limits.max_dataset_bytes, IN_MEMORY_DATASET_BYTES), None
+
     def receive_bounded(primitive: Any) -> None:
+        before = measured(dimse.message)
+        if before is not None:
+            incoming = sum(
+                len(data) - 1
+                for _context, data in primitive.presentation_data_value_list
+                if not data[0] & 1  # dataset fragments, not command ones
+            )
+            if before[0] + incoming > before[1]:
+                _abort(before[1], before[2])
+                return
         receive(primitive)
-        message = dimse.message
-        if message is None:
-            return
-        file: Any = message._data_set_file  # a C-STORE written to disk as it arrives
-        in_memory = message.data_set
-        size = file.tell() if file is not None else in_memory.tell() if in_memory else 0
-        if size <= limit:
-            return
+        after = measured(dimse.message)
+        if after is not None and after[0] > after[1]:
+            _abort(after[1], after[2])
+
+    def _abort(bound: int, file: Any) -> None:
         logger.warning(
-            "Aborted an association from %s: a dataset passed the %d bytes allowed "
-            "(dicom.max_dataset_bytes)",
+            "Aborted an association from %s: a dataset passed the %d bytes allowed%s",
             peer,
-            limit,
+            bound,
+            " (dicom.max_dataset_bytes)" if file is not None else " in memory",
         )
-        limits.alert(peer, f"a dataset passed the {limit} bytes allowed; association aborted")
+        limits.alert(peer, f"a dataset passed the {bound} bytes allowed; association aborted")
         if file is not None:
             file.close()
             with contextlib.suppress(OSError):

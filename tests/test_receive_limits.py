@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.network
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
+WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MIB = 1024 * 1024
 
 
@@ -33,6 +35,10 @@ def _associate(port: int, source: str = "127.0.0.1", calling: str = "SCANNER") -
     ae = AE(ae_title=calling)
     ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(DX_STORAGE, ExplicitVRLittleEndian)
+    return _associate_with(ae, port, source)
+
+
+def _associate_with(ae: AE, port: int, source: str = "127.0.0.1") -> Association:
     return ae.associate("127.0.0.1", port, ae_title="TRIAGE", bind_address=(source, 0))
 
 
@@ -98,6 +104,23 @@ def test_bounds_on_one_peer_leave_the_others_served(
         daemon.wait_for_log("a dataset passed the 8388608 bytes allowed")
         assert _store_from(daemon.port, "127.0.0.2", files[1]) == 0x0000
         assert _incoming_files(daemon) == []
+        # A C-FIND identifier is held in memory: 1 MiB at most past its first PDU.
+        ae = AE(ae_title="CLINIC")
+        ae.add_requested_context(WORKLIST_FIND)
+        query = _associate_with(ae, daemon.port)
+        identifier = Dataset()
+        identifier.PatientID = ""
+        identifier.add_new(0x00091010, "OB", bytes(9 * MIB))  # more than two PDUs
+        try:
+            for _status, _answer in query.send_c_find(identifier, WORKLIST_FIND):
+                pass
+        except (OSError, RuntimeError):
+            pass
+        daemon.wait_for_log("a dataset passed the 1048576 bytes allowed in memory")
+        deadline = time.monotonic() + 10
+        while query.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)  # the A-ABORT is on its way
+        assert not query.is_established
         after_dataset = daemon.peak_memory_mib()
 
         # 2. A peer sending a byte a second: cut off after the PDU time (3 s),
@@ -146,7 +169,8 @@ def test_bounds_on_one_peer_leave_the_others_served(
         peak = daemon.peak_memory_mib()
         print(
             f"\npeak memory: {baseline:.0f} MiB after a first study, {after_dataset:.0f} MiB "
-            f"after a 32 MiB dataset cut at 8 MiB, {after_slow:.0f} MiB after the slow peer, "
+            f"after a 32 MiB dataset cut at 8 MiB and a 9 MiB query at 1 MiB, "
+            f"{after_slow:.0f} MiB after the slow peer, "
             f"{peak:.0f} MiB after the per-peer limit; the slow peer was cut after "
             f"{trickled} bytes ({cut_after:.1f} s)"
         )
