@@ -20,14 +20,20 @@ $(BIN)/python:
 	  echo "Cannot make a virtual environment: on Debian or Ubuntu, apt install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The daemon alone, on ONNX Runtime's CPU build: the demo uses the phantom
-# models that ship in phantoms/trained (no TensorFlow).
+# ONNX Runtime's two builds install one module: remove the one not wanted
+# (an older .venv had the GPU build) before installing the other.
+OTHER_BUILD = $(if $(filter gpu,$(FLAVOUR)),onnxruntime,onnxruntime-gpu)
+
+# The daemon alone, on ONNX Runtime's CPU build (FLAVOUR=gpu: the GPU one):
+# the demo uses the phantom models that ship in phantoms/trained (no TensorFlow).
 install: $(BIN)/python
-	$(BIN)/pip install --quiet --require-hashes -r requirements/cpu.txt
+	$(BIN)/pip uninstall --quiet --yes $(OTHER_BUILD) 2>/dev/null || true
+	$(BIN)/pip install --quiet --require-hashes -r requirements/$(FLAVOUR).txt
 	$(BIN)/pip install --quiet --no-deps -e .
 
-# With the trainer (TensorFlow) and the test tools.
+# With the trainer (TensorFlow) and the test tools, on the CPU build.
 install-dev: $(BIN)/python
+	$(BIN)/pip uninstall --quiet --yes onnxruntime-gpu 2>/dev/null || true
 	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 
