@@ -66,10 +66,11 @@ lint: install-dev
 	$(BIN)/mypy
 
 # The whole suite on SQLite, then every test that touches a database (the
-# network tests) again on a private PostgreSQL server.
+# network tests, less those decided before the database) again on a
+# private PostgreSQL server.
 test: system-deps install-dev lint test-wheelhouses
 	bash tests/run_in_netns.sh $(BIN)/pytest --run-training
-	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m network
+	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m "network and not before_database"
 
 # Wheelhouses for tests/test_install.py, which installs from them inside the
 # network namespace, where nothing can be downloaded.

@@ -23,7 +23,8 @@ from pynetdicom.association import Association
 from phantoms.files import write_dicom_studies
 from tests.peers import TriageDaemon
 
-pytestmark = pytest.mark.network
+# Transport and receive bounds: the same on any database (not rerun on PostgreSQL).
+pytestmark = [pytest.mark.network, pytest.mark.before_database]
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"

@@ -18,7 +18,8 @@ from phantoms.files import write_dicom_studies
 from tests.peers import Orthanc, TriageDaemon, free_port, run_tool
 from tests.pki import make_ca, signed
 
-pytestmark = pytest.mark.network
+# Transport and receive bounds: the same on any database (not rerun on PostgreSQL).
+pytestmark = [pytest.mark.network, pytest.mark.before_database]
 
 
 @pytest.fixture(scope="module")
