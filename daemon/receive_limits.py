@@ -63,6 +63,10 @@ IN_MEMORY_DATASET_BYTES = 1024 * 1024
 WITHOUT_STORAGE = frozenset({"1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31"})
 
 
+def _no_alert(_peer: str, _why: str) -> None:
+    """Refusals are logged only (tests that build limits without a trail)."""
+
+
 class PeerTooSlow(OSError):
     """A PDU did not arrive whole in time; pynetdicom closes the transport."""
 
@@ -78,7 +82,7 @@ class ReceiveLimits:
     min_free_bytes: int
     free_bytes: Callable[[], int]
     # Told of each refusal (peer, why): the audit trail's security alerts.
-    alert: Callable[[str, str], None] = lambda _peer, _why: None
+    alert: Callable[[str, str], None] = _no_alert
 
     @classmethod
     def from_settings(
@@ -96,7 +100,7 @@ class ReceiveLimits:
             reserve_bytes_per_association=settings.storage.reserve_bytes_per_association,
             min_free_bytes=settings.storage.min_free_bytes,
             free_bytes=free_bytes,
-            **({"alert": alert} if alert is not None else {}),
+            alert=alert or _no_alert,
         )
 
     def apply(self, association: Association, peer: str) -> None:
