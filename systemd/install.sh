@@ -2,6 +2,7 @@
 # Install dicom-triage as a systemd service (run as root from the source tree).
 #   systemd/install.sh [--cpu|--gpu] [--wheelhouse DIR]   install or upgrade
 #   systemd/install.sh uninstall  remove everything except the data and the config
+#   systemd/install.sh --plan [...]  say what an install would pick, and do nothing
 # ONNX Runtime's GPU build (with CUDA and cuDNN as pip wheels: the host needs
 # only the NVIDIA driver) when a driver is present, else the CPU build;
 # --cpu or --gpu decides instead. --wheelhouse DIR installs with no network
@@ -12,10 +13,13 @@
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 action=install flavour="" wheelhouse=""
+# Where the NVIDIA kernel driver says it is loaded.
+nvidia_driver=${NVIDIA_DRIVER_FILE:-/proc/driver/nvidia/version}
 while (($#)); do
   case $1 in
     uninstall) action=uninstall ;;
     install) ;;
+    --plan) action=plan ;;
     --cpu) flavour=cpu ;;
     --gpu) flavour=gpu ;;
     --wheelhouse) wheelhouse=$(cd "${2:?--wheelhouse needs a folder}" && pwd); shift ;;
@@ -24,7 +28,7 @@ while (($#)); do
   shift
 done
 if [[ -z "$flavour" ]]; then
-  if [[ -e /proc/driver/nvidia/version ]] || command -v nvidia-smi >/dev/null; then
+  if [[ -e "$nvidia_driver" ]] || command -v nvidia-smi >/dev/null; then
     flavour=gpu
   else
     flavour=cpu
@@ -51,6 +55,15 @@ sysusers_dir=$root/usr/lib/sysusers.d
 state=$root/var/lib/dicom-triage
 
 live() { [[ -z "$root" ]] && [[ -d /run/systemd/system ]]; }
+
+if [[ "$action" == plan ]]; then  # what an install would do, doing nothing
+  [[ -n "$wheelhouse" ]] && compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=gpu
+  [[ -n "$wheelhouse" ]] && ! compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=cpu
+  echo "python: $(find_python)"
+  echo "onnxruntime: $flavour build"
+  echo "packages: ${wheelhouse:-$src/requirements/$flavour.txt (from the index)}"
+  exit 0
+fi
 
 if [[ "$action" == uninstall ]]; then
   live && systemctl disable --now dicom-triage.service || true

@@ -92,3 +92,29 @@ def test_an_offline_install_runs_the_demo(tmp_path: Path, version: str) -> None:
         "Inference runs on CPUExecutionProvider: ONNX Runtime's CPU build"
         in demo.stderr + demo.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("driver", "flags", "build"),
+    [(False, [], "cpu"), (True, [], "gpu"), (True, ["--cpu"], "cpu"), (False, ["--gpu"], "gpu")],
+)
+def test_the_install_picks_the_gpu_build_where_a_driver_is(
+    tmp_path: Path, driver: bool, flags: list[str], build: str
+) -> None:
+    """With the NVIDIA driver loaded, ONNX Runtime's GPU build (CUDA and cuDNN
+    as pip wheels: the host needs nothing else); otherwise the CPU one; a
+    flag decides instead."""
+    version_file = tmp_path / "nvidia-version"
+    if driver:
+        version_file.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95\n")
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not Path(p, "nvidia-smi").exists())
+    plan = subprocess.run(
+        ["bash", str(ROOT / "systemd" / "install.sh"), "--plan", *flags],
+        env={**os.environ, "NVIDIA_DRIVER_FILE": str(version_file), "PATH": path},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"onnxruntime: {build} build" in plan.stdout
+    assert f"requirements/{build}.txt" in plan.stdout
+    gpu = (ROOT / "requirements" / "gpu.txt").read_text()
+    assert "onnxruntime-gpu==" in gpu and "nvidia-cudnn-cu13==" in gpu
+    assert "onnxruntime==" not in gpu
