@@ -92,15 +92,23 @@ class AuditTrail:
 
     def record(self, event: str, outcome: int = SUCCESS, /, **fields: Any) -> None:
         """One event; ``fields`` are ``audit_events`` columns."""
-        if event not in EVENT_CODES:
-            raise ValueError(f"Unknown audit event {event!r}")
-        row_id: int | None = None
+        self.record_all([(event, outcome, fields)])
+
+    def record_all(self, events: Sequence[tuple[str, int, dict[str, Any]]]) -> None:
+        """Events of one moment (an association's end): one transaction."""
+        for event, _outcome, _fields in events:
+            if event not in EVENT_CODES:
+                raise ValueError(f"Unknown audit event {event!r}")
+        row_ids: list[int | None] = [None] * len(events)
         try:
             with self.sessions() as session, session.begin():
-                row_id = queries.add_audit_event(session, event=event, outcome=outcome, **fields).id
+                row_ids = [
+                    queries.add_audit_event(session, event=event, outcome=outcome, **fields).id
+                    for event, outcome, fields in events
+                ]
         except Exception:
-            logger.exception("Cannot write the audit record of a %s event", event)
-        if self.sinks:
+            logger.exception("Cannot write the audit record of %s", events[0][0])
+        for (event, outcome, fields), row_id in zip(events, row_ids, strict=True):
             text = syslog_text(event, outcome, row_id, fields)
             for sink in self.sinks:
                 sink.send(event, text, outcome != SUCCESS)
@@ -199,23 +207,28 @@ class AssociationAudit:
         with self._lock:
             counts = self._open.pop(id(assoc), _Counts())
         parties = self._parties(assoc)
-        for (patient_id, study_uid), stored in counts.studies.items():
-            self.trail.record(
+        # The studies' events, then the association's end, in one transaction.
+        events: list[tuple[str, int, dict[str, Any]]] = [
+            (
                 "instances-stored",
-                patient_id=patient_id,
-                study_instance_uid=study_uid,
-                instances_stored=stored,
-                **parties,
+                SUCCESS,
+                {
+                    "patient_id": patient_id,
+                    "study_instance_uid": study_uid,
+                    "instances_stored": stored,
+                    **parties,
+                },
             )
-        self.trail.record(
-            name,
-            outcome,
-            instances_stored=counts.stored,
-            instances_refused=counts.refused,
-            queries=counts.queries,
-            detail=detail,
+            for (patient_id, study_uid), stored in counts.studies.items()
+        ]
+        ending = {
+            "instances_stored": counts.stored,
+            "instances_refused": counts.refused,
+            "queries": counts.queries,
+            "detail": detail,
             **parties,
-        )
+        }
+        self.trail.record_all([*events, (name, outcome, ending)])
 
     def on_established(self, event: Any) -> None:
         self.trail.record("association-start", **self._parties(event.assoc))

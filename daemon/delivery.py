@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Protocol
 
 from pydicom import dcmread
 from pynetdicom import AE
@@ -185,16 +184,8 @@ class CircuitBreaker:
         return seconds
 
 
-class Send(Protocol):
-    def __call__(
-        self,
-        content: bytes,
-        ae_title: str,
-        host: str,
-        port: int,
-        calling_ae_title: str,
-        tls: TlsArgs | None = None,
-    ) -> None: ...
+# c_store's shape: content, AE title, host, port, calling AE title, TLS.
+Send = Callable[[bytes, str, str, int, str, TlsArgs | None], None]
 
 
 class DeliveryWorker(Worker):

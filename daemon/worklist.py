@@ -139,6 +139,15 @@ def only_asked(answer: Dataset, query: Dataset) -> Dataset:
     return kept
 
 
+def _asked_patient(event: Any) -> str:
+    """The Patient ID a query names, for the audit; "" when it names none or
+    its identifier cannot be decoded (the handler answers that below)."""
+    try:
+        return str(event.identifier.get("PatientID", "") or "")
+    except Exception:
+        return ""
+
+
 def handle_find(
     event: Any,
     sessions: sessionmaker[Session],
@@ -151,7 +160,7 @@ def handle_find(
         audit.query_answered(event.assoc)
     calling = str(event.assoc.requestor.ae_title).strip()
     address = str(event.assoc.requestor.address)
-    asked_patient = str(event.identifier.get("PatientID", "") or "")
+    asked_patient = _asked_patient(event)
     if not policy.allows(calling, address):
         logger.warning(
             "Refused a worklist query from %s at %s: not allowed by [worklist]", calling, address

@@ -27,7 +27,11 @@ while (($#)); do
   esac
   shift
 done
-if [[ -z "$flavour" ]]; then
+if [[ -n "$wheelhouse" ]]; then
+  # The wheels decide the ONNX Runtime build.
+  flavour=cpu
+  compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=gpu
+elif [[ -z "$flavour" ]]; then
   if [[ -e "$nvidia_driver" ]] || command -v nvidia-smi >/dev/null; then
     flavour=gpu
   else
@@ -57,8 +61,6 @@ state=$root/var/lib/dicom-triage
 live() { [[ -z "$root" ]] && [[ -d /run/systemd/system ]]; }
 
 if [[ "$action" == plan ]]; then  # what an install would do, doing nothing
-  [[ -n "$wheelhouse" ]] && compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=gpu
-  [[ -n "$wheelhouse" ]] && ! compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=cpu
   echo "python: $(find_python)"
   echo "onnxruntime: $flavour build"
   echo "packages: ${wheelhouse:-$src/requirements/$flavour.txt (from the index)}"
@@ -92,10 +94,7 @@ if [[ "${SKIP_VENV:-0}" != 1 ]]; then
   fi
   pip=("$prefix/.venv/bin/pip" --quiet --disable-pip-version-check)
   if [[ -n "$wheelhouse" ]]; then
-    # Nothing from the network: the wheels and the list they were chosen by
-    # (which also decides the ONNX Runtime build).
-    flavour=cpu
-    compgen -G "$wheelhouse/onnxruntime_gpu-*.whl" >/dev/null && flavour=gpu
+    # Nothing from the network: the wheels and the list they were chosen by.
     "${pip[@]}" install --no-index --find-links "$wheelhouse" --require-hashes \
       -r "$wheelhouse/requirements.txt"
     "${pip[@]}" install --no-index --no-deps "$wheelhouse"/dicom_triage-*.whl
