@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -27,7 +28,26 @@ from phantoms import trained_models
 
 logger = logging.getLogger(__name__)
 
-READY_MARKER = "Ready: listening"
+# Text or JSON logs alike: "Ready: listening as TRIAGE on 127.0.0.1:11112".
+READY_LINE = re.compile(r"Ready: listening as \S+ on [^\s\"]+:(\d+)")
+READY_SECONDS = 60
+DAEMON_ENDED = ""  # put on the line queue once the daemon's output has closed
+
+
+def _ready_port(lines: queue.Queue[str], seconds: float) -> int | None:
+    """The port of the daemon's "Ready: listening as AE on HOST:PORT" line;
+    None if it stops, or says nothing of the kind, first."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            return None
+        if line == DAEMON_ENDED:
+            return None
+        if ready := READY_LINE.search(line):
+            return int(ready.group(1))
+    return None
 
 
 def ensure_models(state_dir: Path) -> None:
@@ -120,21 +140,30 @@ def run_demo(
             print(f"  [daemon] {line.rstrip()}")
             lines.put(line)
 
-    threading.Thread(target=relay, daemon=True).start()
+    def relay_then_end() -> None:
+        relay()
+        lines.put(DAEMON_ENDED)  # its output closed: it has stopped
+
+    threading.Thread(target=relay_then_end, daemon=True).start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if READY_MARKER in line:
-                break
+        port = _ready_port(lines, READY_SECONDS)
+        if port is None:
+            code = daemon.poll()
+            print(
+                f"Demo stopped: the daemon stopped before it was ready (exit {code}); "
+                "its log is above"
+                if code is not None
+                else f"Demo stopped: the daemon was not ready after {READY_SECONDS} s"
+            )
+            return 1
         studies = []
         for modality in ("oct", "cxr"):
             root = write_dicom_studies(
                 modality, state_dir / "demo-studies", count, seed=11 if modality == "oct" else 12
             )
             studies.extend(sorted(root.rglob("*.dcm")))
-        print(f"Scanner: pushing {len(studies)} phantom studies to TRIAGE@127.0.0.1:11112")
-        push_studies(studies, 11112)
+        print(f"Scanner: pushing {len(studies)} phantom studies to TRIAGE@127.0.0.1:{port}")
+        push_studies(studies, port)
         received: list[Path] = []
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline and len(received) < len(studies):

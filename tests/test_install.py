@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTS = {
     "cpu.txt": ["--extra", "cpu"],
@@ -81,9 +83,12 @@ def test_an_offline_install_runs_the_demo(tmp_path: Path, version: str) -> None:
     assert f"installed for Python {version}" in install.stdout
     assert "ONNX Runtime's cpu build" in install.stdout
     triage = root / "opt" / "dicom-triage" / ".venv" / "bin" / "triage"
+    # A port of its own: the demo's default, 11112, may be taken by another test.
+    demo_env = {k: v for k, v in env.items() if not k.startswith("TRIAGE_")}
+    demo_env["TRIAGE_DICOM_PORT"] = str(free_port())
     demo = subprocess.run(
         [str(triage), "demo", "--state-dir", str(tmp_path / "demo"), "--count", "1"],
-        env={k: v for k, v in env.items() if not k.startswith("TRIAGE_")},
+        env=demo_env,
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
