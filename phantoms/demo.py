@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Text or JSON logs alike: "Ready: listening as TRIAGE on 127.0.0.1:11112".
 READY_LINE = re.compile(r"Ready: listening as \S+ on [^\s\"]+:(\d+)")
 READY_SECONDS = 60
+EXIT_SECONDS = 10
 DAEMON_ENDED = ""  # put on the line queue once the daemon's output has closed
 
 
@@ -148,13 +149,16 @@ def run_demo(
     try:
         port = _ready_port(lines, READY_SECONDS)
         if port is None:
-            code = daemon.poll()
-            print(
-                f"Demo stopped: the daemon stopped before it was ready (exit {code}); "
-                "its log is above"
-                if code is not None
-                else f"Demo stopped: the daemon was not ready after {READY_SECONDS} s"
-            )
+            try:
+                # Its output has closed, or the time is up: a process whose
+                # output closed is reaped a moment later, so wait for it.
+                code = daemon.wait(timeout=EXIT_SECONDS)
+                print(
+                    f"Demo stopped: the daemon stopped before it was ready (exit {code}); "
+                    "its log is above"
+                )
+            except subprocess.TimeoutExpired:
+                print(f"Demo stopped: the daemon was not ready after {READY_SECONDS} s")
             return 1
         studies = []
         for modality in ("oct", "cxr"):
