@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit_syslog import AuditSink
-from daemon.status import Status
+from dicom_io.status import Status
 from storage import queries
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from daemon.spool import Received, received_chunks, received_head, received_size
-from daemon.status import Status
+from dicom_io.status import Status
 from domain.errors import IngestError
 
 DEFLATED = "1.2.840.10008.1.2.1.99"

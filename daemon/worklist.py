@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit import MINOR_FAILURE, AssociationAudit
 from daemon.config import WorklistSettings
-from daemon.status import Status
+from dicom_io.status import Status
 from storage.queries import WorklistEntry, urgent_worklist
 
 logger = logging.getLogger(__name__)

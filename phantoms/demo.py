@@ -22,7 +22,7 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
-from daemon.status import Status
+from dicom_io.status import Status
 from domain.errors import TriageError
 from phantoms import trained_models
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from daemon.config import DicomSettings
 from daemon.scp import make_acceptor
-from daemon.status import Status
+from dicom_io.status import Status
 
 DOCUMENT = (Path(__file__).resolve().parent.parent / "docs" / "conformance.md").read_text()
 UID = re.compile(r"\b1\.2\.840\.10008(?:\.\d+)+\b")

@@ -10,7 +10,7 @@ import pytest
 from pydicom import dcmread
 
 from daemon.spool import Spool
-from daemon.status import Status
+from dicom_io.status import Status
 from daemon.validate import parse_header
 from domain.errors import IngestError
 from phantoms.files import write_dicom_studies
