@@ -37,9 +37,9 @@ from daemon import metrics
 from daemon.audit import SERIOUS_FAILURE, SUCCESS, AuditTrail
 from daemon.config import DeliverySettings, Settings
 from daemon.runtime import CurrentRuntime
-from dicom_io.status import Status
 from daemon.worker import Worker
 from dicom_io.network import set_nodelay
+from dicom_io.status import Status
 from dicom_io.tls import client_context
 from domain.errors import DeliveryError
 from domain.retry import Backoff

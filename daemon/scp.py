@@ -36,10 +36,10 @@ from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
 from daemon.spool import Received, Spool, StoredFile, received_sha256
-from dicom_io.status import Status
 from daemon.validate import coercion_warnings, parse_header
 from daemon.work_queue import WorkQueue
 from dicom_io.network import set_nodelay
+from dicom_io.status import Status
 from domain.errors import IngestError
 from storage import queries
 

@@ -10,8 +10,8 @@ import pytest
 from pydicom import dcmread
 
 from daemon.spool import Spool
-from dicom_io.status import Status
 from daemon.validate import parse_header
+from dicom_io.status import Status
 from domain.errors import IngestError
 from phantoms.files import write_dicom_studies
 
