@@ -83,6 +83,11 @@ class DicomSettings(Section):
     # daemon's own process alone. More: that many in all, each with its own
     # GIL; max_associations applies to each.
     receivers: int = dataclasses.field(default=1, metadata=RESTART)
+    # Ingest before triage (daemon.ingest_priority): while images arrive,
+    # decoding, inference, reports and maps wait for the receivers to be
+    # quiet, each for this long at most before it does one unit of work
+    # anyway. 0: no waiting.
+    ingest_priority_hold_seconds: float = dataclasses.field(default=2.0, metadata=RESTART)
     # DICOM TLS (PS3.15 Annex B) on a port of its own, beside the plain one.
     # 0: no TLS port. Certificate, key and CA are PEM files; with a CA file
     # peers must present a certificate it signed, unless
@@ -145,6 +150,11 @@ class DicomSettings(Section):
         if self.tls_port and not (self.tls_certificate and self.tls_private_key):
             raise ConfigError(
                 'Key "dicom.tls_port" needs "dicom.tls_certificate" and "dicom.tls_private_key".'
+            )
+        if not 0 <= self.ingest_priority_hold_seconds <= 60:
+            raise ConfigError(
+                'Key "dicom.ingest_priority_hold_seconds" must be in 0..60, got '
+                f"{self.ingest_priority_hold_seconds}."
             )
         if not 1 <= self.receivers <= 64:
             raise ConfigError(f'Key "dicom.receivers" must be in 1..64, got {self.receivers}.')

@@ -40,6 +40,7 @@ from daemon.delivery import Deliverer, destination_tls
 from daemon.exit_codes import ExitCode
 from daemon.explain import Explainer
 from daemon.health import LastError, publish_metrics, status_snapshot, write_status
+from daemon.ingest_priority import IngestPriority
 from daemon.listener import DicomListener, tls_context
 from daemon.pipeline import TriagePipeline, triage_batcher
 from daemon.receive_limits import ReceiveLimits
@@ -194,6 +195,7 @@ def _open_doors(
     supervisor: Supervisor,
     work: WorkQueue,
     tls: ssl.SSLContext | None,
+    priority: IngestPriority,
 ) -> tuple[DicomListener, ReceiverProcesses | None] | None:
     """The DICOM listener, the TLS listener (``[dicom] tls_port``), each
     association bounded by ``limits``, the
@@ -201,12 +203,15 @@ def _open_doors(
     metrics endpoint, owned by ``supervisor``; None (logged) if a listener
     or the endpoint cannot start."""
     count = settings.dicom.receivers
-    listener = DicomListener.start(settings.dicom, handlers, limits, shared_port=count > 1)
+    receiving = priority.receiving(0)
+    listener = DicomListener.start(settings.dicom, handlers, limits, count > 1, None, receiving)
     if listener is None:
         return None
     supervisor.own(listener)
     if tls is not None:
-        tls_listener = DicomListener.start(settings.dicom, handlers, limits, count > 1, tls)
+        tls_listener = DicomListener.start(
+            settings.dicom, handlers, limits, count > 1, tls, receiving
+        )
         if tls_listener is None:
             listener.stop(0)
             return None
@@ -226,7 +231,7 @@ def _open_doors(
         supervisor.own(endpoint)
     receivers = None
     if count > 1:
-        receivers = ReceiverProcesses(settings, listener.address[1], work, count - 1)
+        receivers = ReceiverProcesses(settings, listener.address[1], work, count - 1, priority)
         supervisor.own(receivers)
     return listener, receivers
 
@@ -280,13 +285,16 @@ def _run(
     work = make_work_queue(shared=settings.dicom.receivers > 1)
     signals = _Signals()
     trail = AuditTrail(sessions, audit_sinks(settings))
+    # Slot 0: this process's own listener; 1..: the receiver processes.
+    priority = IngestPriority(settings.dicom.receivers, settings.dicom.ingest_priority_hold_seconds)
     doors = _open_doors(
         settings,
-        receiving_handlers(settings, sessions, spool, work, trail),
+        receiving_handlers(settings, sessions, spool, work, trail, priority.receiving(0)),
         ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert),
         supervisor,
         work,
         tls,
+        priority,
     )
     if doors is None:
         trail.close()
@@ -301,11 +309,19 @@ def _run(
     # Each stage wakes the next as it hands work on, instead of leaving it to
     # the next poll: push-to-SR latency is stable_seconds plus the work.
     deliverer = Deliverer(sessions, runtime, supervisor.stop, spawn=supervisor.start, trail=trail)
-    reporter = ReportBuilder(runtime, sessions, supervisor.stop, reported=deliverer.wake)
+    reporter = ReportBuilder(
+        runtime, sessions, supervisor.stop, reported=deliverer.wake, priority=priority
+    )
     batcher = triage_batcher(sessions, runtime, supervisor.stop, triaged=reporter.wake)
     decoders = [
         TriagePipeline(
-            sessions, runtime, work, supervisor.stop, batcher=batcher, name=f"triage-decode-{n}"
+            sessions,
+            runtime,
+            work,
+            supervisor.stop,
+            batcher=batcher,
+            name=f"triage-decode-{n}",
+            priority=priority,
         )
         for n in range(settings.models.decode_workers)
     ]
@@ -323,7 +339,10 @@ def _run(
             runtime,
             sessions,
             supervisor.stop,
-            triage_backlog=lambda: work.qsize() + batcher.pending(),
+            # Images waiting for triage, or arriving: maps wait for both.
+            triage_backlog=lambda: (
+                work.qsize() + batcher.pending() + (priority.busy_for() is not None)
+            ),
         )
         supervisor.start(*explainer.workers())
         supervisor.close_at_exit(explainer.decoder.close)

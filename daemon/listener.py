@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from daemon.config import DicomSettings
+from daemon.ingest_priority import ReceivingSignal, watch_data
 from daemon.receive_limits import ReceiveLimits
 from daemon.scp import make_acceptor
 from dicom_io.tls import server_context
@@ -42,6 +43,8 @@ class _Server(ThreadedAssociationServer):
 
     reuse_port = False
     limits: ReceiveLimits | None = None
+    # Told of every P-DATA received: ingest's priority over triage.
+    receiving: ReceivingSignal | None = None
     # Whether a source address may connect (``[dicom] allowed_networks``).
     network_allowed: Callable[[str], bool] = staticmethod(lambda _address: True)
 
@@ -96,6 +99,8 @@ class _BoundedRequestHandler(RequestHandler):
         server = self.server
         assert isinstance(server, _Server) and server.limits is not None
         server.limits.apply(association, str(self.client_address[0]))
+        if server.receiving is not None:
+            watch_data(association, server.receiving)
         return association
 
 
@@ -140,12 +145,14 @@ class DicomListener:
         limits: ReceiveLimits,
         shared_port: bool = False,
         tls: ssl.SSLContext | None = None,
+        receiving: ReceivingSignal | None = None,
     ) -> DicomListener | None:
         """Listen on the configured port, or with ``tls`` on the TLS port;
         None (logged) if it cannot be bound.
 
         With ``shared_port``, receiver processes listen on the same port
-        (``daemon.receivers``).
+        (``daemon.receivers``). ``receiving`` is told of the data arriving
+        (``daemon.ingest_priority``).
         """
         ae = make_acceptor(settings)
         port = settings.tls_port if tls is not None else settings.port
@@ -163,6 +170,7 @@ class DicomListener:
         assert isinstance(server, _Server)
         server.network_allowed = settings.network_allowed
         server.limits = limits
+        server.receiving = receiving
         return cls(ae, server, "dicom-tls-listener" if tls is not None else "dicom-listener")
 
     @property

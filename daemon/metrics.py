@@ -45,6 +45,17 @@ BATCH_IMAGES = Histogram(
     "Images per model call (micro-batches across instances)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+STORE_STAGE_SECONDS = Histogram(
+    "triage_store_stage_seconds",
+    "Each stage of storing one received instance (daemon.store_timing): wall or thread CPU time",
+    ["stage", "clock"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+INGEST_YIELD_SECONDS = Counter(
+    "triage_ingest_yield_seconds",
+    "Seconds a worker waited for the receivers to fall quiet (daemon.ingest_priority)",
+    ["worker"],
+)
 OCCLUSION_MAPS = Counter("triage_occlusion_maps", "Occlusion maps made or failed", ["outcome"])
 OCCLUSION_QUEUED = Gauge(
     "triage_occlusion_queued", "Occlusion maps waiting to be made", multiprocess_mode="mostrecent"

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon import metrics
 from daemon.batching import MicroBatcher, Outcome, Prepared, infer
 from daemon.decoding import DecoderCrashed, IsolatedDecoder, decode
+from daemon.ingest_priority import IngestPriority
 from daemon.routing import route
 from daemon.runtime import CurrentRuntime
 from daemon.work_queue import WorkQueue
@@ -113,6 +114,7 @@ class TriagePipeline(Worker):
         decoder: IsolatedDecoder | None = None,
         batcher: MicroBatcher[_Leased] | None = None,
         name: str = "triage-pipeline",
+        priority: IngestPriority | None = None,
     ) -> None:
         super().__init__(name, stop, idle_seconds=0.05, stuck_seconds=300.0)
         self.decoder = decoder if decoder is not None else IsolatedDecoder()
@@ -121,12 +123,17 @@ class TriagePipeline(Worker):
         self.work = work
         self.queue_wait = idle_seconds
         self.batcher = batcher
+        # Ingest first: while images arrive, this worker waits for the
+        # receivers to fall quiet before it leases more.
+        self.priority = priority
 
     def tick(self) -> bool:
         try:
             first = self.work.get(timeout=self.queue_wait)
         except queue.Empty:
+            self._yield_to_ingest()
             return self.sweep()
+        self._yield_to_ingest()
         instance_ids = [first]
         while len(instance_ids) < LEASE_BATCH:
             try:
@@ -135,6 +142,11 @@ class TriagePipeline(Worker):
                 break
         self.process_many(instance_ids)
         return True
+
+    def _yield_to_ingest(self) -> None:
+        if self.priority is not None:
+            self.priority.wait_for_quiet(self.stop, self.name)
+            self.beat()
 
     def sweep(self) -> bool:
         """Process instances the queue missed (restarts, a full queue, expired leases)."""

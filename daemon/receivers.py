@@ -34,6 +34,8 @@ from daemon.audit import AssociationAudit, AuditTrail
 from daemon.audit_syslog import audit_sinks
 from daemon.cli.process import configure_logging
 from daemon.config import Settings
+from daemon.ingest_priority import IngestPriority, ReceivingSignal
+from daemon.instance_writer import InstanceWriter
 from daemon.listener import DicomListener, tls_context
 from daemon.receive_limits import ReceiveLimits
 from daemon.scp import IngestContext, event_handlers, receive_to_files
@@ -61,12 +63,20 @@ class ReceiverProcesses:
 
     name = "dicom-receivers"
 
-    def __init__(self, settings: Settings, port: int, work: WorkQueue, count: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        port: int,
+        work: WorkQueue,
+        count: int,
+        priority: IngestPriority | None = None,
+    ) -> None:
         # The port the daemon's own listener got (it may have asked for 0).
         self._settings = dataclasses.replace(
             settings, dicom=dataclasses.replace(settings.dicom, port=port)
         )
         self._work = work
+        self._priority = priority
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
         self._deaths: list[float] = []
@@ -79,7 +89,7 @@ class ReceiverProcesses:
     def _spawn(self, number: int) -> BaseProcess:
         process = self._context.Process(
             target=run_receiver,
-            args=(self._settings, self._work, os.getpid(), number),
+            args=(self._settings, self._work, os.getpid(), number, self._priority),
             name=f"receiver-{number}",
         )
         process.start()
@@ -138,25 +148,35 @@ def receiving_handlers(
     spool: Spool,
     work: WorkQueue,
     trail: AuditTrail,
+    receiving: ReceivingSignal | None = None,
 ) -> list[Any]:
     """The event handlers of a process that receives (the daemon's own, or a
-    receiver): C-STORE into ``spool`` and onto ``work``, C-ECHO, the worklist
-    C-FIND, and the audit of every association on ``trail``."""
+    receiver): C-STORE into ``spool`` and onto ``work`` (each told to
+    ``receiving``), C-ECHO, the worklist C-FIND, and the audit of every
+    association on ``trail``."""
     audit = AssociationAudit(trail)
     ingest = IngestContext(
         spool=spool,
         sessions=sessions,
         work=work,
+        writer=InstanceWriter(sessions),
         duplicate_policy=settings.storage.duplicate_policy,
         min_free_bytes=settings.storage.min_free_bytes,
         audit=audit,
+        receiving=receiving,
     )
     return event_handlers(
         ingest, handle_find, [sessions, settings.dicom.ae_title, settings.worklist, audit]
     )
 
 
-def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: int) -> None:
+def run_receiver(
+    settings: Settings,
+    work: WorkQueue,
+    parent_pid: int,
+    number: int,
+    priority: IngestPriority | None = None,
+) -> None:
     """A receiver process's entry point: accept associations until told to stop.
 
     Process-wide switches are set here, as ``triage serve`` sets its own.
@@ -179,12 +199,17 @@ def run_receiver(settings: Settings, work: WorkQueue, parent_pid: int, number: i
     spool = Spool(settings.spool_dir)
     receive_to_files(spool.incoming)
     trail = AuditTrail(sessions, audit_sinks(settings))
-    handlers = receiving_handlers(settings, sessions, spool, work, trail)
+    receiving = priority.receiving(number) if priority is not None else None
+    handlers = receiving_handlers(settings, sessions, spool, work, trail, receiving)
     tls = tls_context(settings.dicom)
     limits = ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert)
     listeners = [
-        DicomListener.start(settings.dicom, handlers, limits, shared_port=True),
-        *([DicomListener.start(settings.dicom, handlers, limits, True, tls)] if tls else []),
+        DicomListener.start(settings.dicom, handlers, limits, True, None, receiving),
+        *(
+            [DicomListener.start(settings.dicom, handlers, limits, True, tls, receiving)]
+            if tls
+            else []
+        ),
     ]
     if None in listeners:
         sys.exit(1)

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import __version__, metrics
+from daemon.ingest_priority import IngestPriority
 from daemon.runtime import CurrentRuntime
 from daemon.worker import Worker
 from dicom_io.sr import AlgorithmInfo, ImageTriage, build_triage_report
@@ -115,6 +116,7 @@ class ReportBuilder(Worker):
         stop: threading.Event,
         idle_seconds: float = 0.5,
         reported: Callable[[], None] | None = None,
+        priority: IngestPriority | None = None,
     ) -> None:
         super().__init__("report-builder", stop, idle_seconds=idle_seconds, stuck_seconds=300.0)
         self.runtime = runtime
@@ -122,6 +124,8 @@ class ReportBuilder(Worker):
         # Told of each report committed: the delivery workers' wake.
         self.reported = reported
         self._until_quiet: float | None = None
+        # Ingest first: each report waits for the receivers to fall quiet.
+        self.priority = priority
 
     def idle_wait(self) -> float:
         """Until the next study has been quiet for ``stable_seconds``, if that is
@@ -143,6 +147,8 @@ class ReportBuilder(Worker):
         for study_id in ready:
             if self.stop.is_set():
                 break
+            if self.priority is not None:
+                self.priority.wait_for_quiet(self.stop, self.name)
             self.beat()
             try:
                 self.report(study_id)

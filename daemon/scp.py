@@ -1,7 +1,9 @@
 """Receive: the DICOM application entity and its C-STORE handler.
 
-The handler is thin (STYLE rule 1): it checks the header, writes the file
-durably, commits its row, queues the instance for inference and answers.
+The handler is thin (STYLE rule 1): it checks the header (hashing the file
+in the same read), keeps the file pynetdicom wrote durably (a hard link,
+no copy), has the process's ``InstanceWriter`` commit its row with those
+of the other associations, queues the instance for inference and answers.
 Pixel decoding and inference never run on an association thread.
 """
 
@@ -28,15 +30,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
     Verification,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import metrics
 from daemon.audit import AssociationAudit
 from daemon.config import DicomSettings
+from daemon.ingest_priority import ReceivingSignal
+from daemon.instance_writer import InstanceWriter
 from daemon.routing import ACCEPTED_STORAGE_SOP_CLASSES
-from daemon.spool import Received, Spool, StoredFile, received_sha256
-from daemon.validate import coercion_warnings, parse_header
+from daemon.spool import Received, Spool, StoredFile
+from daemon.store_timing import store_stage
+from daemon.validate import coercion_warnings, parse_and_hash
 from daemon.work_queue import WorkQueue
 from dicom_io.network import set_nodelay
 from dicom_io.status import Status
@@ -72,10 +77,13 @@ class IngestContext:
     spool: Spool
     sessions: sessionmaker[Session]
     work: WorkQueue
+    writer: InstanceWriter
     # "keep_first" (as Orthanc does) or "replace_if_different"
     duplicate_policy: str = "keep_first"
     min_free_bytes: int = 0
     audit: AssociationAudit | None = None
+    # Told when each C-STORE begins and ends: ingest's priority over triage.
+    receiving: ReceivingSignal | None = None
 
 
 def receive_to_files(incoming: Path) -> None:
@@ -95,7 +103,13 @@ def receive_to_files(incoming: Path) -> None:
 
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
-    status = _store(event, context)
+    if context.receiving is not None:
+        context.receiving.store_began()
+    try:
+        status = _store(event, context)
+    finally:
+        if context.receiving is not None:
+            context.receiving.store_ended()
     stored = status in (Status.SUCCESS, Status.COERCION_OF_DATA_ELEMENTS)
     metrics.INSTANCES_RECEIVED.labels("success" if stored else "refused").inc()
     if context.audit is not None:
@@ -105,14 +119,15 @@ def handle_store(event: Any, context: IngestContext) -> int:
 
 def _store(event: Any, context: IngestContext) -> int:
     calling = event.assoc.requestor.ae_title
-    if context.spool.free_bytes() < context.min_free_bytes:
-        logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
-        return Status.OUT_OF_RESOURCES
-    try:
-        content = received(event)
-    except Exception:
-        logger.exception("Cannot read the received dataset from association %s", calling)
-        return Status.CANNOT_UNDERSTAND
+    with store_stage("check"):
+        if context.spool.free_bytes() < context.min_free_bytes:
+            logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
+            return Status.OUT_OF_RESOURCES
+        try:
+            content = received(event)
+        except Exception:
+            logger.exception("Cannot read the received dataset from association %s", calling)
+            return Status.CANNOT_UNDERSTAND
     return _store_content(event, context, content, calling)
 
 
@@ -126,71 +141,88 @@ def received(event: Any) -> Received:
 
 
 def _store_content(event: Any, context: IngestContext, content: Received, calling: str) -> int:
-    try:
-        header = parse_header(
-            content,
-            event.request.AffectedSOPInstanceUID,
-            str(event.context.abstract_syntax),
-            str(event.context.transfer_syntax),
-        )
-    except IngestError as exc:
-        kept = _quarantine(context, content, exc.reason, calling)
-        logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, kept)
-        return exc.status
+    with store_stage("parse"):
+        try:
+            header, sha256 = parse_and_hash(
+                content,
+                event.request.AffectedSOPInstanceUID,
+                str(event.context.abstract_syntax),
+                str(event.context.transfer_syntax),
+            )
+        except IngestError as exc:
+            kept = _quarantine(context, content, exc.reason, calling)
+            logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, kept)
+            return exc.status
 
     uid = str(header.SOPInstanceUID)
-    digest: str | None = None
-    try:
-        with context.sessions() as session:
-            existing = queries.find_instance(session, uid)
-            if existing is not None and context.duplicate_policy == "replace_if_different":
-                digest = received_sha256(content)
-            if existing is not None and (
-                context.duplicate_policy == "keep_first" or existing.sha256 == digest
-            ):
-                logger.info("Duplicate instance from %s: the first copy is kept", calling)
-                return Status.SUCCESS
-            replaced_path = existing.path if existing is not None else None
-    except OperationalError as exc:
-        return _database_away(calling, exc)
-    # Each instance is read for its digest once: here for a duplicate that may
-    # replace the first copy, otherwise while the spool copies it.
-    try:
-        stored = context.spool.store(content, uid, digest)
-    except OSError as exc:
-        # The disk filled up past the watermark's margin, or failed: refuse,
-        # and the sender keeps the instance and tries again.
-        logger.error("Refusing an instance from %s: cannot write it to the spool: %s", calling, exc)
-        return Status.OUT_OF_RESOURCES
-    try:
-        instance_id = _record(context, header, stored, event, calling, replaced_path)
-    except _StoredFirstElsewhere:
-        # Another association recorded the same SOP Instance UID first (it is
-        # in the database now, checked): this copy is a duplicate.
+    replaced_path: str | None = None
+    if context.duplicate_policy == "replace_if_different":
+        # Only this policy looks first: under "keep_first" a second copy is
+        # found by the instance's own insert, and its link removed.
+        with store_stage("duplicate"):
+            try:
+                with context.sessions() as session:
+                    existing = queries.find_instance(session, uid)
+                    if existing is not None and existing.sha256 == sha256:
+                        logger.info("Duplicate instance from %s: the first copy is kept", calling)
+                        return Status.SUCCESS
+                    replaced_path = existing.path if existing is not None else None
+            except OperationalError as exc:
+                return _database_away(calling, exc)
+    with store_stage("spool"):
+        try:
+            stored = context.spool.keep(content, uid, sha256)
+        except OSError as exc:
+            # The disk filled up past the watermark's margin, or failed: refuse,
+            # and the sender keeps the instance and tries again.
+            logger.error(
+                "Refusing an instance from %s: cannot write it to the spool: %s", calling, exc
+            )
+            return Status.OUT_OF_RESOURCES
+    with store_stage("record"):
+        try:
+            if replaced_path is None:
+                instance_id = context.writer.record(
+                    queries.new_instance(
+                        header,
+                        transfer_syntax_uid=str(event.context.transfer_syntax),
+                        path=str(stored.path),
+                        size_bytes=stored.size_bytes,
+                        sha256=stored.sha256,
+                        calling_ae_title=calling,
+                    ),
+                    event.assoc,
+                )
+            else:
+                instance_id = _replace(context, uid, stored, event, calling)
+        except OperationalError as exc:
+            context.spool.discard(stored)
+            return _database_away(calling, exc)
+        except Exception:
+            # Never SUCCESS for an instance that is not recorded: the sender
+            # keeps it and sends it again.
+            context.spool.discard(stored)
+            logger.exception("Cannot record an instance from %s", calling)
+            return Status.PROCESSING_FAILURE
+    if instance_id is None:
+        # Another association (or an earlier C-STORE) recorded the same SOP
+        # Instance UID first: this copy is a duplicate.
         context.spool.discard(stored)
         logger.info("Duplicate instance from %s: the first copy is kept", calling)
         return Status.SUCCESS
-    except OperationalError as exc:
-        context.spool.discard(stored)
-        return _database_away(calling, exc)
-    except Exception:
-        # Never SUCCESS for an instance that is not recorded: the sender
-        # keeps it and sends it again.
-        context.spool.discard(stored)
-        logger.exception("Cannot record an instance from %s", calling)
-        return Status.PROCESSING_FAILURE
     if replaced_path is not None:
         Path(replaced_path).unlink(missing_ok=True)
-    logger.info("Stored instance %d from %s", instance_id, calling)
-    if context.audit is not None:
-        context.audit.instance_stored(
-            event.assoc, str(header.get("PatientID", "") or ""), str(header.StudyInstanceUID)
-        )
-    logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
-    # When the queue is full the instance is still RECEIVED in the database,
-    # and the pipeline's sweep finds it.
-    with contextlib.suppress(queue.Full):
-        context.work.put_nowait(instance_id)
+    with store_stage("queue"):
+        logger.info("Stored instance %d from %s", instance_id, calling)
+        if context.audit is not None:
+            context.audit.instance_stored(
+                event.assoc, str(header.get("PatientID", "") or ""), str(header.StudyInstanceUID)
+            )
+        logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
+        # When the queue is full the instance is still RECEIVED in the database,
+        # and the pipeline's sweep finds it.
+        with contextlib.suppress(queue.Full):
+            context.work.put_nowait(instance_id)
     if warnings := coercion_warnings(header):
         _quarantine(context, content, "; ".join(warnings), calling)
         logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
@@ -222,54 +254,21 @@ def _database_away(calling: str, error: OperationalError) -> int:
     return Status.OUT_OF_RESOURCES
 
 
-class _StoredFirstElsewhere(Exception):
-    """The instance's row exists: another association recorded it first."""
-
-
-RECORD_ATTEMPTS = 3
-
-
-def _record(
-    context: IngestContext,
-    header: Any,
-    stored: StoredFile,
-    event: Any,
-    calling: str,
-    replaced_path: str | None,
-) -> int:
-    """Commit the instance's row; return its id.
-
-    An ``IntegrityError`` means a duplicate only if the SOP Instance UID is
-    then really found; anything else (a constraint raced by another writer)
-    is tried again, and after ``RECORD_ATTEMPTS`` raised to the caller.
-    """
-    uid = str(header.SOPInstanceUID)
-    fields: dict[str, Any] = {
-        "transfer_syntax_uid": str(event.context.transfer_syntax),
-        "path": str(stored.path),
-        "size_bytes": stored.size_bytes,
-        "sha256": stored.sha256,
-        "calling_ae_title": calling,
-    }
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            with context.sessions() as session, session.begin():
-                if replaced_path is None:
-                    instance = queries.record_instance(session, header, **fields)
-                else:
-                    instance = queries.replace_instance(session, uid, **fields)
-                    logger.info(
-                        "Instance %d replaced by a different copy from %s", instance.id, calling
-                    )
-                return instance.id
-        except IntegrityError:
-            with context.sessions() as session:
-                if replaced_path is None and queries.find_instance(session, uid) is not None:
-                    raise _StoredFirstElsewhere from None
-            if attempt == RECORD_ATTEMPTS:
-                raise
-            logger.warning("Recording an instance from %s collided; trying again", calling)
-    raise AssertionError("unreachable")
+def _replace(context: IngestContext, uid: str, stored: StoredFile, event: Any, calling: str) -> int:
+    """Point the recorded instance ``uid`` at a different copy (the
+    ``replace_if_different`` policy); its id."""
+    with context.sessions() as session, session.begin():
+        instance = queries.replace_instance(
+            session,
+            uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            path=str(stored.path),
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae_title=calling,
+        )
+        logger.info("Instance %d replaced by a different copy from %s", instance.id, calling)
+        return instance.id
 
 
 def handle_echo(_event: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -65,6 +66,57 @@ def received_sha256(content: Received) -> str:
     return digest.hexdigest()
 
 
+class HashingReader:
+    """A binary file read through this is hashed as it is read, once.
+
+    pydicom reads a header and seeks over deferred values (the pixel data);
+    bytes skipped by a seek forward are hashed when a later read passes
+    them, and ``finish`` hashes what was never read. So a header parse and
+    the file's SHA-256 take one pass over the file, whatever order pydicom
+    reads it in (a seek back re-reads bytes already counted, which are not
+    counted again).
+    """
+
+    def __init__(self, handle: Any, digest: Any) -> None:
+        self._handle = handle
+        self._digest = digest
+        self._hashed = 0  # every byte before this offset is in the digest
+        self.name = getattr(handle, "name", "")
+
+    def read(self, size: int = -1) -> bytes:
+        start = self._handle.tell()
+        data: bytes = self._handle.read(size)
+        end = start + len(data)
+        if end > self._hashed:
+            if start > self._hashed:
+                self._hash_up_to(start)
+                self._handle.seek(end)
+            self._digest.update(memoryview(data)[self._hashed - start :])
+            self._hashed = end
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return int(self._handle.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._handle.tell())
+
+    def finish(self) -> str:
+        """Hash the rest of the file; the whole file's SHA-256."""
+        self._hash_up_to(None)
+        return str(self._digest.hexdigest())
+
+    def _hash_up_to(self, offset: int | None) -> None:
+        self._handle.seek(self._hashed)
+        while offset is None or self._hashed < offset:
+            wanted = CHUNK_BYTES if offset is None else min(CHUNK_BYTES, offset - self._hashed)
+            block = self._handle.read(wanted)
+            if not block:
+                break
+            self._digest.update(block)
+            self._hashed += len(block)
+
+
 @dataclasses.dataclass(frozen=True)
 class StoredFile:
     path: Path
@@ -92,14 +144,44 @@ class Spool:
         self, content: Received, sop_instance_uid: str, sha256: str | None = None
     ) -> StoredFile:
         """Write ``content`` durably; the name never collides, even for duplicates."""
-        key = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
-        folder = self.instances / key[:2]
-        folder.mkdir(exist_ok=True)
-        final = folder / f"{key}-{uuid.uuid4().hex[:12]}.dcm"
+        final = self._final_path(sop_instance_uid)
         # Without a digest in hand, it is computed in the same pass as the copy.
         digest = hashlib.sha256()
         _write_durably(self.incoming, final, content, digest if sha256 is None else None)
         return StoredFile(final, received_size(content), sha256 or digest.hexdigest())
+
+    def keep(self, content: Received, sop_instance_uid: str, sha256: str) -> StoredFile:
+        """Keep a received file durably without copying it: a hard link into
+        ``instances/`` (pynetdicom's temporary file is in ``incoming/``, on the
+        same file system), the file and the folder fsync'ed. Bytes in memory,
+        or a file on another file system, are written (``store``)."""
+        if isinstance(content, bytes):
+            return self.store(content, sop_instance_uid, sha256)
+        final = self._final_path(sop_instance_uid)
+        try:
+            os.link(content, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return self.store(content, sop_instance_uid, sha256)
+        try:
+            descriptor = os.open(final, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            _fsync_directory(final.parent)
+        except OSError:
+            final.unlink(missing_ok=True)
+            raise
+        return StoredFile(final, received_size(content), sha256)
+
+    def _final_path(self, sop_instance_uid: str) -> Path:
+        """A new name in ``instances/``: it never collides, even for duplicates."""
+        key = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
+        folder = self.instances / key[:2]
+        folder.mkdir(exist_ok=True)
+        return folder / f"{key}-{uuid.uuid4().hex[:12]}.dcm"
 
     def quarantine(self, content: Received, reason: str, calling_ae_title: str) -> Path:
         """Keep a rejected dataset with a JSON note of why it was rejected."""

@@ -8,9 +8,12 @@ dataset is inflated in chunks with a ceiling before pydicom sees it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import zlib
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -18,7 +21,13 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from daemon.spool import Received, received_chunks, received_head, received_size
+from daemon.spool import (
+    HashingReader,
+    Received,
+    received_chunks,
+    received_head,
+    received_size,
+)
 from dicom_io.status import Status
 from domain.errors import IngestError
 
@@ -176,19 +185,55 @@ def parse_header(
     transfer_syntax_uid: str | None = None,
 ) -> Dataset:
     """Parse and check a received dataset, or raise ``IngestError``."""
+    return parse_and_hash(
+        content, affected_sop_instance_uid, negotiated_sop_class_uid, transfer_syntax_uid
+    )[0]
+
+
+def parse_and_hash(
+    content: Received,
+    affected_sop_instance_uid: str,
+    negotiated_sop_class_uid: str | None = None,
+    transfer_syntax_uid: str | None = None,
+) -> tuple[Dataset, str]:
+    """Parse and check a received dataset, or raise ``IngestError``; with
+    the dataset, the file's SHA-256, from the same read of its bytes."""
     if transfer_syntax_uid == DEFLATED:
         check_inflated_size(content)
+    digest = hashlib.sha256()
     try:
-        source = content if isinstance(content, Path) else BytesIO(content)
-        dataset = dcmread(source, defer_size=DEFER_BYTES)
-        # Touch every top-level element so that a malformed one fails here;
-        # the pixel data stays where it is (its length is checked below).
-        # (Iterating a Dataset would convert every element, deferred ones too.)
-        for tag in dataset.keys():  # noqa: SIM118
-            if tag not in PIXEL_TAGS:
-                dataset[tag]
+        with contextlib.ExitStack() as files:
+            if isinstance(content, Path):
+                reader = HashingReader(files.enter_context(content.open("rb")), digest)
+                dataset = _read_checked(reader)
+                sha256 = reader.finish()
+            else:
+                dataset = _read_checked(BytesIO(content))
+                digest.update(content)
+                sha256 = digest.hexdigest()
     except Exception as exc:
         raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
+    _check_dataset(dataset, content, affected_sop_instance_uid, negotiated_sop_class_uid)
+    return dataset, sha256
+
+
+def _read_checked(source: Any) -> Dataset:
+    dataset = dcmread(source, defer_size=DEFER_BYTES)
+    # Touch every top-level element so that a malformed one fails here;
+    # the pixel data stays where it is (its length is checked below).
+    # (Iterating a Dataset would convert every element, deferred ones too.)
+    for tag in dataset.keys():  # noqa: SIM118
+        if tag not in PIXEL_TAGS:
+            dataset[tag]
+    return dataset
+
+
+def _check_dataset(
+    dataset: Dataset,
+    content: Received,
+    affected_sop_instance_uid: str,
+    negotiated_sop_class_uid: str | None,
+) -> None:
     for keyword, name in UID_KEYWORDS.items():
         value = str(dataset.get(keyword, "")).strip()
         if not value:
@@ -215,4 +260,3 @@ def parse_header(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
     _check_geometry(dataset, received_size(content))
-    return dataset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select, text, update
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.interfaces import ORMOption
 
 from storage.models import (
+    Base,
     Delivery,
     DeliveryState,
     Instance,
@@ -53,24 +54,39 @@ def database_now(session: Session) -> dt.datetime:
 Row = TypeVar("Row", Patient, Study, Series)
 
 
-def get_or_insert(
+def insert_statement(session: Session, model: type[Base]) -> Any:
+    """An INSERT of ``model`` in the session's dialect, which has ``ON CONFLICT``."""
+    dialect = session.get_bind().dialect.name
+    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert_for(model.__table__)  # type: ignore[arg-type]
+
+
+def insert_or_get_id(
     session: Session, model: type[Row], key: dict[str, object], **values: object
-) -> Row:
-    """The row with ``key`` (its unique columns), inserted first if there is none.
+) -> int:
+    """The id of the row with ``key`` (its unique columns), inserted first if
+    there is none.
 
     ``ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key
     to commit (PostgreSQL) or runs under SQLite's single writer, so the row
     is then read back in the same transaction either way.
     """
-    dialect = session.get_bind().dialect.name
-    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
     session.execute(
-        insert_for(model).values(**key, **values).on_conflict_do_nothing(index_elements=list(key))
+        insert_statement(session, model)
+        .values(**key, **values)
+        .on_conflict_do_nothing(index_elements=list(key))
     )
-    query = select(model)
+    query = select(model.id)
     for column, value in key.items():
         query = query.where(getattr(model, column) == value)
-    return session.scalars(query).one()
+    return int(session.scalars(query).one())
+
+
+def get_or_insert(
+    session: Session, model: type[Row], key: dict[str, object], **values: object
+) -> Row:
+    """``insert_or_get_id``, as the row."""
+    return session.get_one(model, insert_or_get_id(session, model, key, **values))
 
 
 Leasable = TypeVar("Leasable", Instance, Delivery)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from domain.triage import Classification
@@ -24,8 +26,9 @@ from storage.models import (
 from storage.queries.common import (
     NO_PATIENT_ID_ISSUER,
     database_now,
-    get_or_insert,
     header_text,
+    insert_or_get_id,
+    insert_statement,
     lease_row,
     lease_rows,
 )
@@ -63,6 +66,162 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
     return instance
 
 
+@dataclasses.dataclass(frozen=True)
+class NewInstance:
+    """A received instance's rows, read from its header in the handler's
+    thread so that the writer only runs SQL: its patient (key and the
+    columns a first insert writes), study, series and the instance itself."""
+
+    patient_key: tuple[str, str]
+    patient: dict[str, object]
+    study_uid: str
+    study: dict[str, object]
+    series_uid: str
+    series: dict[str, object]
+    instance: dict[str, object]
+
+
+def new_instance(
+    header: Dataset,
+    *,
+    transfer_syntax_uid: str,
+    path: str,
+    size_bytes: int,
+    sha256: str,
+    calling_ae_title: str,
+) -> NewInstance:
+    """The rows ``record_instances`` writes for one received ``header``."""
+    patient_id, issuer = _patient_key(header)
+    name = header_text(header, "PatientName", 324)
+    birth_date = header_text(header, "PatientBirthDate", 8)
+    sex = header_text(header, "PatientSex", 16)
+    return NewInstance(
+        patient_key=(patient_id, issuer),
+        patient={"patient_name": name, "birth_date": birth_date, "sex": sex},
+        study_uid=str(header.StudyInstanceUID),
+        study={
+            "accession_number": header_text(header, "AccessionNumber", 16),
+            "study_id": header_text(header, "StudyID", 16),
+            "study_date": header_text(header, "StudyDate", 8),
+            "study_time": header_text(header, "StudyTime", 32),
+            "study_description": header_text(header, "StudyDescription", 324),
+            "referring_physician_name": header_text(header, "ReferringPhysicianName", 324),
+            "patient_name": name,
+            "patient_birth_date": birth_date,
+            "patient_sex": sex,
+        },
+        series_uid=str(header.SeriesInstanceUID),
+        series={
+            "modality": header_text(header, "Modality", 16),
+            "body_part_examined": header_text(header, "BodyPartExamined", 64).upper(),
+            "series_number": header_text(header, "SeriesNumber", 12),
+            "series_description": header_text(header, "SeriesDescription", 324),
+        },
+        instance={
+            "sop_instance_uid": str(header.SOPInstanceUID),
+            "sop_class_uid": str(header.SOPClassUID),
+            "transfer_syntax_uid": transfer_syntax_uid,
+            "path": path,
+            "size_bytes": size_bytes,
+            "sha256": sha256,
+            "calling_ae_title": calling_ae_title,
+        },
+    )
+
+
+# What ``record_instances`` has resolved: ("patient", (id, issuer)),
+# ("study", uid) or ("series", uid) to the row's id.
+RowKey = tuple[str, object]
+
+
+def record_instances(
+    session: Session, rows: Sequence[NewInstance], known: Mapping[RowKey, int]
+) -> tuple[list[int | None], dict[RowKey, int]]:
+    """Add received instances with their patient, study and series rows, in a
+    handful of statements whatever their number (SQLAlchemy Core).
+
+    Returns each row's instance id, or None for a second copy of a SOP
+    Instance UID already recorded (by another association, or earlier in
+    ``rows``), and the ids of the patient, study and series rows it used,
+    for the caller to keep once the transaction has committed. ``known``
+    holds such ids from earlier transactions; a key found there is not
+    looked up again.
+
+    The images of one new study often arrive over several associations at
+    once, so the patient, study and series rows are created race-free
+    (``INSERT ... ON CONFLICT DO NOTHING``, then read back): whichever
+    transaction comes first creates them and the others use them. Each
+    study is reopened once (``reopen_study``: a late image gets a new report).
+    """
+    now = database_now(session)
+    ids: dict[RowKey, int] = {}
+
+    def known_id(key: RowKey) -> int | None:
+        found = ids.get(key, known.get(key))
+        if found is not None:
+            ids[key] = found
+        return found
+
+    for row in rows:
+        patient_key: RowKey = ("patient", row.patient_key)
+        if (patient := known_id(patient_key)) is None:
+            patient_id, issuer = row.patient_key
+            patient = ids[patient_key] = insert_or_get_id(
+                session,
+                Patient,
+                {"patient_id": patient_id, "issuer_of_patient_id": issuer},
+                **row.patient,
+            )
+        study_key: RowKey = ("study", row.study_uid)
+        if (study := known_id(study_key)) is None:
+            study = ids[study_key] = insert_or_get_id(
+                session,
+                Study,
+                {"study_instance_uid": row.study_uid},
+                patient_fk=patient,
+                first_received_at=now,
+                last_received_at=now,
+                state=StudyState.RECEIVING,
+                **row.study,
+            )
+        series_key: RowKey = ("series", row.series_uid)
+        if known_id(series_key) is None:
+            ids[series_key] = insert_or_get_id(
+                session,
+                Series,
+                {"series_instance_uid": row.series_uid},
+                study_fk=study,
+                **row.series,
+            )
+    # A late instance reopens a reported study: it gets a new report.
+    for study_id in sorted({ids[("study", row.study_uid)] for row in rows}):
+        reopen_study(session, study_id, now)
+    first: dict[str, NewInstance] = {}
+    for row in rows:
+        first.setdefault(str(row.instance["sop_instance_uid"]), row)
+    inserted = session.execute(
+        insert_statement(session, Instance)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(Instance.__table__.c.id, Instance.__table__.c.sop_instance_uid),
+        [
+            {
+                **row.instance,
+                "series_fk": ids[("series", row.series_uid)],
+                "study_fk": ids[("study", row.study_uid)],
+                "received_at": now,
+                "state": InstanceState.RECEIVED,
+            }
+            for row in first.values()
+        ],
+    ).all()
+    by_uid = {uid: instance_id for instance_id, uid in inserted}
+    return [
+        by_uid.get(uid) if first[uid] is row else None
+        for row in rows
+        for uid in (str(row.instance["sop_instance_uid"]),)
+    ], ids
+
+
 def record_instance(
     session: Session,
     header: Dataset,
@@ -73,71 +232,22 @@ def record_instance(
     sha256: str,
     calling_ae_title: str,
 ) -> Instance:
-    """Add a received instance with its patient, study and series rows.
-
-    The images of one new study often arrive over several associations at
-    once, so the patient, study and series rows are created race-free
-    (``INSERT ... ON CONFLICT DO NOTHING``, then read back): whichever
-    association comes first creates them and the others use them. Only the
-    instance's own insert can fail, and only for a second copy of the same
-    SOP Instance UID.
-    """
-    now = database_now(session)
-    patient_id = _patient_key(header)
-    patient = get_or_insert(
-        session,
-        Patient,
-        {"patient_id": patient_id[0], "issuer_of_patient_id": patient_id[1]},
-        patient_name=header_text(header, "PatientName", 324),
-        birth_date=header_text(header, "PatientBirthDate", 8),
-        sex=header_text(header, "PatientSex", 16),
-    )
-    study = get_or_insert(
-        session,
-        Study,
-        {"study_instance_uid": str(header.StudyInstanceUID)},
-        patient_fk=patient.id,
-        accession_number=header_text(header, "AccessionNumber", 16),
-        study_id=header_text(header, "StudyID", 16),
-        study_date=header_text(header, "StudyDate", 8),
-        study_time=header_text(header, "StudyTime", 32),
-        study_description=header_text(header, "StudyDescription", 324),
-        referring_physician_name=header_text(header, "ReferringPhysicianName", 324),
-        patient_name=header_text(header, "PatientName", 324),
-        patient_birth_date=header_text(header, "PatientBirthDate", 8),
-        patient_sex=header_text(header, "PatientSex", 16),
-        first_received_at=now,
-        last_received_at=now,
-        state=StudyState.RECEIVING,
-    )
-    # A late instance reopens a reported study: it gets a new report.
-    reopen_study(session, study.id, now)
-    series = get_or_insert(
-        session,
-        Series,
-        {"series_instance_uid": str(header.SeriesInstanceUID)},
-        study_fk=study.id,
-        modality=header_text(header, "Modality", 16),
-        body_part_examined=header_text(header, "BodyPartExamined", 64).upper(),
-        series_number=header_text(header, "SeriesNumber", 12),
-        series_description=header_text(header, "SeriesDescription", 324),
-    )
-    instance = Instance(
-        sop_instance_uid=str(header.SOPInstanceUID),
-        sop_class_uid=str(header.SOPClassUID),
-        series_fk=series.id,
-        study_fk=study.id,
+    """Add one received instance (``record_instances`` of one); an
+    ``IntegrityError`` if its SOP Instance UID is recorded already."""
+    row = new_instance(
+        header,
         transfer_syntax_uid=transfer_syntax_uid,
         path=path,
         size_bytes=size_bytes,
         sha256=sha256,
         calling_ae_title=calling_ae_title,
-        received_at=now,
-        state=InstanceState.RECEIVED,
     )
-    session.add(instance)
-    session.flush()
-    return instance
+    (instance_id,), _ids = record_instances(session, [row], {})
+    if instance_id is None:
+        raise IntegrityError(
+            "INSERT INTO instances", None, ValueError("the SOP Instance UID is recorded already")
+        )
+    return session.get_one(Instance, instance_id)
 
 
 def _patient_key(header: Dataset) -> tuple[str, str]:
