@@ -52,6 +52,11 @@ class IngestPriority:
         """What the receiving process in ``slot`` (0: the daemon's own) signals with."""
         return ReceivingSignal(self._last, self._storing, slot)
 
+    def forget(self, slot: int) -> None:
+        """The process in ``slot`` died: what it counted as storing, nothing
+        stores any more (its successor starts from a clear slot)."""
+        self._storing[slot] = 0
+
     def busy_for(self) -> float | None:
         """How much longer ingest counts as busy at least, or None when quiet."""
         now = time.monotonic()

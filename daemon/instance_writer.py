@@ -49,6 +49,8 @@ class InstanceWriter:
     """Records received instances for the handlers of one process, in batches."""
 
     def __init__(self, sessions: sessionmaker[Session], max_batch: int = MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f'Argument "max_batch" must be at least 1, got {max_batch}.')
         self.sessions = sessions
         self.max_batch = max_batch
         self._queued: list[_Request] = []

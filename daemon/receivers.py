@@ -120,6 +120,9 @@ class ReceiverProcesses:
                         DEATH_WINDOW_SECONDS,
                     )
                     return
+                if self._priority is not None:
+                    # Killed inside a C-STORE, it never ended the store it counted.
+                    self._priority.forget(index + 1)
                 self._processes[index] = self._spawn(index + 1)
 
     def alive(self) -> bool:

@@ -150,8 +150,9 @@ def record_instances(
     The images of one new study often arrive over several associations at
     once, so the patient, study and series rows are created race-free
     (``INSERT ... ON CONFLICT DO NOTHING``, then read back): whichever
-    transaction comes first creates them and the others use them. Each
-    study is reopened once (``reopen_study``: a late image gets a new report).
+    transaction comes first creates them and the others use them. A study
+    that gets a new image is reopened once (``reopen_study``: a late image
+    gets a new report); a duplicate leaves it as it was.
     """
     now = database_now(session)
     ids: dict[RowKey, int] = {}
@@ -162,42 +163,44 @@ def record_instances(
             ids[key] = found
         return found
 
-    for row in rows:
+    # Each kind of row in the order of its key, and the instances in the
+    # order of their UIDs: concurrent batches (other receiver processes)
+    # then take their row locks in one order, and cannot deadlock.
+    for row in sorted(rows, key=lambda row: row.patient_key):
         patient_key: RowKey = ("patient", row.patient_key)
-        if (patient := known_id(patient_key)) is None:
+        if known_id(patient_key) is None:
             patient_id, issuer = row.patient_key
-            patient = ids[patient_key] = insert_or_get_id(
+            ids[patient_key] = insert_or_get_id(
                 session,
                 Patient,
                 {"patient_id": patient_id, "issuer_of_patient_id": issuer},
                 **row.patient,
             )
+    for row in sorted(rows, key=lambda row: row.study_uid):
         study_key: RowKey = ("study", row.study_uid)
-        if (study := known_id(study_key)) is None:
-            study = ids[study_key] = insert_or_get_id(
+        if known_id(study_key) is None:
+            ids[study_key] = insert_or_get_id(
                 session,
                 Study,
                 {"study_instance_uid": row.study_uid},
-                patient_fk=patient,
+                patient_fk=ids[("patient", row.patient_key)],
                 first_received_at=now,
                 last_received_at=now,
                 state=StudyState.RECEIVING,
                 **row.study,
             )
+    for row in sorted(rows, key=lambda row: row.series_uid):
         series_key: RowKey = ("series", row.series_uid)
         if known_id(series_key) is None:
             ids[series_key] = insert_or_get_id(
                 session,
                 Series,
                 {"series_instance_uid": row.series_uid},
-                study_fk=study,
+                study_fk=ids[("study", row.study_uid)],
                 **row.series,
             )
-    # A late instance reopens a reported study: it gets a new report.
-    for study_id in sorted({ids[("study", row.study_uid)] for row in rows}):
-        reopen_study(session, study_id, now)
     first: dict[str, NewInstance] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda row: str(row.instance["sop_instance_uid"])):
         first.setdefault(str(row.instance["sop_instance_uid"]), row)
     inserted = session.execute(
         insert_statement(session, Instance)
@@ -214,6 +217,14 @@ def record_instances(
             for row in first.values()
         ],
     ).all()
+    # An image new to a reported study reopens it: it gets a new report. A
+    # second copy of one it has (a sender resending what it was not told
+    # was stored) changes nothing.
+    new_uids = {uid for _instance_id, uid in inserted}
+    for study_id in sorted(
+        {ids[("study", row.study_uid)] for uid, row in first.items() if uid in new_uids}
+    ):
+        reopen_study(session, study_id, now)
     by_uid = {uid: instance_id for instance_id, uid in inserted}
     return [
         by_uid.get(uid) if first[uid] is row else None
