@@ -11,7 +11,8 @@ Each figure is a ratio to Orthanc's measured in the same run, for
         .venv/bin/python -m bench.ingest --database postgresql
 
 ``--receivers 1,2,4`` runs the daemon once per count of receiver
-processes (``[dicom] receivers``); a bare pynetdicom receiver
+processes (``[dicom] receivers``), ``--hold 0,2`` once per
+``[dicom] ingest_priority_hold_seconds`` (0: triage does not yield); a bare pynetdicom receiver
 (``bench.bare_receiver``) shows what pynetdicom alone costs.
 
 The images: phantom OCT volumes (5 B-scans of 256 x 320, 8 bits, 410 KB)
@@ -208,6 +209,11 @@ def main() -> None:
         default="1",
         help="the daemon once for each of these [dicom] receivers counts, e.g. 1,2,4",
     )
+    parser.add_argument(
+        "--hold",
+        default="",
+        help="the daemon once for each of these [dicom] ingest_priority_hold_seconds, e.g. 0,2",
+    )
     args = parser.parse_args()
 
     models_state = Path(args.models).absolute()
@@ -236,11 +242,16 @@ def main() -> None:
                 "bare pynetdicom": (bare_pynetdicom, "BARE"),
             }
             for count in args.receivers.split(","):
-                env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
-                receivers[f"dicom-triage x{count}"] = (
-                    lambda folder, env=env: daemon(folder, models, env),
-                    "TRIAGE",
-                )
+                for hold in args.hold.split(",") if args.hold else [""]:
+                    env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
+                    name = f"dicom-triage x{count}"
+                    if hold:
+                        env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
+                        name += f" hold {hold} s"
+                    receivers[name] = (
+                        lambda folder, env=env: daemon(folder, models, env),
+                        "TRIAGE",
+                    )
             for kind, files in sets.items():
                 if args.only and kind != args.only:
                     continue
