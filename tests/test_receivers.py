@@ -83,7 +83,8 @@ def test_receivers_share_the_port_lose_nothing_in_a_crash_and_drain(
 
         # One association per sender, spread by the kernel over the processes.
         senders = _push(daemon, first, 12)
-        assert all(sender.wait(timeout=120) == 0 for sender in senders)
+        outs = [s.communicate(timeout=120)[0] for s in senders]
+        assert all(sender.returncode == 0 for sender in senders), "\n".join(outs) + daemon.log
         stored_by_receivers = [
             line for line in daemon.lines if "[receiver-" in line and "Stored instance" in line
         ]
