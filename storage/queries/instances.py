@@ -220,12 +220,11 @@ def record_instances(
     # An image new to a reported study reopens it: it gets a new report. A
     # second copy of one it has (a sender resending what it was not told
     # was stored) changes nothing.
-    new_uids = {uid for _instance_id, uid in inserted}
+    by_uid = {uid: instance_id for instance_id, uid in inserted}
     for study_id in sorted(
-        {ids[("study", row.study_uid)] for uid, row in first.items() if uid in new_uids}
+        {ids[("study", row.study_uid)] for uid, row in first.items() if uid in by_uid}
     ):
         reopen_study(session, study_id, now)
-    by_uid = {uid: instance_id for instance_id, uid in inserted}
     return [
         by_uid.get(uid) if first[uid] is row else None
         for row in rows
