@@ -28,6 +28,7 @@ from daemon.config import DicomSettings
 from daemon.ingest_priority import ReceivingSignal, watch_data
 from daemon.receive_limits import ReceiveLimits
 from daemon.scp import make_acceptor
+from dicom_io import event_reactors
 from dicom_io.tls import server_context
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class _Server(ThreadedAssociationServer):
     receiving: ReceivingSignal | None = None
     # Whether a source address may connect (``[dicom] allowed_networks``).
     network_allowed: Callable[[str], bool] = staticmethod(lambda _address: True)
+    # Whether pynetdicom's reactors could be made to wait for events.
+    event_reactors = False
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Close a connection from outside the allowed networks before any
@@ -92,13 +95,16 @@ class _Server(ThreadedAssociationServer):
 
 class _BoundedRequestHandler(RequestHandler):
     """pynetdicom's request handler, with each association bounded
-    (``receive_limits``) before its first byte is read."""
+    (``receive_limits``) before its first byte is read, and its reactors
+    woken by events rather than polling (``dicom_io.event_reactors``)."""
 
     def _create_association(self) -> Association:
         association = super()._create_association()
         server = self.server
         assert isinstance(server, _Server) and server.limits is not None
         server.limits.apply(association, str(self.client_address[0]))
+        if server.event_reactors:
+            event_reactors.wake_on_events(association)
         if server.receiving is not None:
             watch_data(association, server.receiving)
         return association
@@ -171,6 +177,7 @@ class DicomListener:
         server.network_allowed = settings.network_allowed
         server.limits = limits
         server.receiving = receiving
+        server.event_reactors = event_reactors.install()
         return cls(ae, server, "dicom-tls-listener" if tls is not None else "dicom-listener")
 
     @property
