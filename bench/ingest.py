@@ -20,18 +20,29 @@ and phantom chest radiographs enlarged to 2048 x 1920 at 16 bits (7.9 MB),
 each copy with its own UIDs, four images to a study. Every receiver writes
 each instance to disk; only the daemon also fsyncs and commits a database
 row before it answers, and then triages, reports and maps them.
+
+Beside each rate: the CPU per image of the receiver's whole process tree
+during the burst, and how busy the host's cores were (``/proc``); for the
+daemon also when its last study was reported, the CPU per image it spent
+after the burst until then, and the wall and thread-CPU time per image of
+each stage of its C-STORE handler (``triage_store_stage_seconds``). Each
+figure is from the round of median rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
+import os
+import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +51,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from bench.process_cpu import host_busy, tree_cpu_seconds
 from phantoms.demo import ensure_models
 from phantoms.files import write_dicom_studies
 from tests import peers
@@ -47,7 +59,32 @@ from tests.peers import Orthanc, TriageDaemon, dcmtk_env, free_port
 from tests.traffic import acknowledged_files
 
 IMAGES_PER_STUDY = 4
-Receiver = Callable[[Path], contextlib.AbstractContextManager[int]]
+
+
+@dataclasses.dataclass
+class Running:
+    """A receiver under test: where to send, whose CPU counts, and (the
+    daemon) how to wait for its reports and read its store stages."""
+
+    port: int
+    pid: int
+    daemon: TriageDaemon | None = None
+    metrics_port: int = 0
+
+
+@dataclasses.dataclass
+class Round:
+    """One push to one fresh receiver."""
+
+    rate: float  # acknowledged instances per second
+    cpu_ms: float  # the receiver tree's CPU per image during the burst
+    host_busy: float  # share of all cores busy during the burst
+    last_report_s: float | None = None  # first image sent to the last study reported
+    after_cpu_ms: float | None = None  # the tree's CPU per image from then to it
+    stages: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+
+Receiver = Callable[[Path], contextlib.AbstractContextManager[Running]]
 
 
 def copies(source: Path, out: Path, count: int, enlarge: int = 1) -> list[Path]:
@@ -96,7 +133,7 @@ def push(files: Sequence[Path], called: str, port: int, senders: int) -> tuple[f
 
 
 @contextlib.contextmanager
-def storescp(folder: Path) -> Iterator[int]:
+def storescp(folder: Path) -> Iterator[Running]:
     """dcmtk's storescp, a process per association, writing every instance to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -108,14 +145,14 @@ def storescp(folder: Path) -> Iterator[int]:
     )
     time.sleep(0.5)
     try:
-        yield port
+        yield Running(port, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 @contextlib.contextmanager
-def bare_pynetdicom(folder: Path) -> Iterator[int]:
+def bare_pynetdicom(folder: Path) -> Iterator[Running]:
     """``bench.bare_receiver``: pynetdicom writing raw bytes and fsyncing, nothing more."""
     port = free_port()
     process = subprocess.Popen(
@@ -130,38 +167,77 @@ def bare_pynetdicom(folder: Path) -> Iterator[int]:
                 break
         time.sleep(0.1)
     try:
-        yield port
+        yield Running(port, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 @contextlib.contextmanager
-def orthanc(folder: Path) -> Iterator[int]:
+def orthanc(folder: Path) -> Iterator[Running]:
     peer = Orthanc(folder)
     peer.start()
     try:
-        yield peer.dicom_port
+        assert peer.process is not None
+        yield Running(peer.dicom_port, peer.process.pid)
     finally:
         peer.stop()
 
 
 @contextlib.contextmanager
-def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterator[int]:
+def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterator[Running]:
+    metrics_port = free_port()
     process = TriageDaemon(
         folder,
         models,
         **{
             "TRIAGE_DICOM_MAX_ASSOCIATIONS": "16",
             "TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER": "16",
+            "TRIAGE_METRICS_PORT": str(metrics_port),
             **env,
         },
     )
     process.start()
     try:
-        yield process.port
+        assert process.process is not None
+        yield Running(process.port, process.process.pid, process, metrics_port)
     finally:
         process.stop()
+
+
+STAGE_SUM = re.compile(r'triage_store_stage_seconds_sum\{clock="(\w+)",stage="(\w+)"\} (\S+)')
+
+
+def store_stages(metrics_port: int, images: int) -> dict[str, tuple[float, float]]:
+    """Each store stage's (wall, thread CPU) ms per image, from the daemon's
+    metrics endpoint (every receiving process's counts, added up)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    sums: dict[str, dict[str, float]] = {}
+    for clock, stage, value in STAGE_SUM.findall(text):
+        sums.setdefault(stage, {})[clock] = 1000 * float(value) / images
+    return {stage: (c.get("wall", 0.0), c.get("cpu", 0.0)) for stage, c in sums.items()}
+
+
+def measure_round(running: Running, called: str, files: Sequence[Path], senders: int) -> Round:
+    """Push ``files`` once; for the daemon, wait until every study is reported."""
+    cpu_before, (busy_before, total_before) = tree_cpu_seconds(running.pid), host_busy()
+    started = time.monotonic()
+    seconds, acknowledged = push(files, called, running.port, senders)
+    cpu_after, (busy_after, total_after) = tree_cpu_seconds(running.pid), host_busy()
+    if acknowledged != len(files):
+        raise RuntimeError(f"{acknowledged} of {len(files)} acknowledged")
+    result = Round(
+        rate=acknowledged / seconds,
+        cpu_ms=1000 * (cpu_after - cpu_before) / acknowledged,
+        host_busy=(busy_after - busy_before) / max(total_after - total_before, 1e-9),
+    )
+    if running.daemon is not None:
+        running.daemon.wait_for_reported_studies(len(files) // IMAGES_PER_STUDY, timeout=600)
+        result.last_report_s = time.monotonic() - started
+        result.after_cpu_ms = 1000 * (tree_cpu_seconds(running.pid) - cpu_after) / acknowledged
+        result.stages = store_stages(running.metrics_port, acknowledged)
+    return result
 
 
 def measure(
@@ -172,16 +248,36 @@ def measure(
     senders: int,
     rounds: int,
     scratch: Path,
-) -> float:
-    """Median instances/s over ``rounds``, each on a fresh receiver."""
-    rates = []
+) -> Round:
+    """The round of median rate over ``rounds``, each on a fresh receiver."""
+    results = []
     for number in range(rounds):
-        with receiver(scratch / f"{name}-{number}") as port:
-            seconds, acknowledged = push(files, called, port, senders)
-        if acknowledged != len(files):
-            raise RuntimeError(f"{name}: {acknowledged} of {len(files)} acknowledged")
-        rates.append(acknowledged / seconds)
-    return statistics.median(rates)
+        with receiver(scratch / f"{name}-{number}") as running:
+            try:
+                results.append(measure_round(running, called, files, senders))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name}: {exc}") from exc
+    results.sort(key=lambda r: r.rate)
+    return results[len(results) // 2]
+
+
+def describe(name: str, result: Round, orthanc_rate: float, bare_rate: float | None) -> str:
+    """One receiver's line: the rate and its ratios, CPU, cores, and the daemon's extras."""
+    line = (
+        f"  {name}: {result.rate:.1f}/s ({result.rate / orthanc_rate:.2f}x Orthanc"
+        + (f", {result.rate / bare_rate:.2f}x bare" if bare_rate else "")
+        + f"), CPU {result.cpu_ms:.1f} ms/image, cores busy {result.host_busy:.0%}"
+    )
+    if result.last_report_s is not None:
+        line += (
+            f"; last study reported {result.last_report_s:.1f} s after the first image sent, "
+            f"then {result.after_cpu_ms:.1f} ms/image of CPU"
+        )
+    if result.stages:
+        line += "\n    store stages, wall/thread-CPU ms per image: " + ", ".join(
+            f"{stage} {wall:.2f}/{cpu:.2f}" for stage, (wall, cpu) in sorted(result.stages.items())
+        )
+    return line
 
 
 def add_daemon_env_argument(parser: argparse.ArgumentParser) -> None:
@@ -248,28 +344,32 @@ def main() -> None:
                     if hold:
                         env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
                         name += f" hold {hold} s"
-                    receivers[name] = (
-                        lambda folder, env=env: daemon(folder, models, env),
-                        "TRIAGE",
-                    )
+                    receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
             for kind, files in sets.items():
                 if args.only and kind != args.only:
                     continue
                 size = files[0].stat().st_size / 1e6
-                rates = {
+                results = {
                     name: measure(name, make, called, files, args.senders, args.rounds, scratch)
                     for name, (make, called) in receivers.items()
                 }
-                cells = ", ".join(
-                    f"{name} {rate:.1f}/s ({rate / rates['Orthanc']:.2f}x Orthanc)"
-                    for name, rate in rates.items()
-                )
                 print(
                     f"{kind} {size:.2f} MB x {len(files)}, {args.senders} senders, "
                     f"{args.database}{' ' + ' '.join(args.daemon_env) if args.daemon_env else ''}, "
-                    f"median of {args.rounds}: {cells}",
+                    f"{os.cpu_count()} cores, median of {args.rounds}:",
                     flush=True,
                 )
+                bare = results["bare pynetdicom"].rate
+                for name, result in results.items():
+                    print(
+                        describe(
+                            name,
+                            result,
+                            results["Orthanc"].rate,
+                            bare if name.startswith("dicom-triage") else None,
+                        ),
+                        flush=True,
+                    )
     finally:
         if server is not None:
             peers.DATABASE_FACTORY.clear()
