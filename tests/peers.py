@@ -26,6 +26,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def echo_association(port: int, called: str = "TRIAGE") -> Any:
+    """An established Verification association from AE ``SCANNER`` to ``port``."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    scu = AE(ae_title="SCANNER")
+    scu.add_requested_context(Verification)
+    association = scu.associate("127.0.0.1", port, ae_title=called)
+    assert association.is_established
+    return association
+
+
 def dcmtk_env() -> dict[str, str]:
     # dcmtk 3.6.7 leaves Nagle on unless told (REFERENCE.md).
     return {**os.environ, "TCP_NODELAY": "1"}

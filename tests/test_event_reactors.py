@@ -14,6 +14,7 @@ from daemon.config import DicomSettings, Settings
 from daemon.listener import DicomListener
 from daemon.receive_limits import ReceiveLimits
 from dicom_io import event_reactors
+from tests.peers import echo_association
 
 LIMITS = ReceiveLimits.from_settings(Settings(), free_bytes=lambda: 2**62)
 
@@ -26,19 +27,11 @@ def _accepted(listener: DicomListener) -> Any:
     return listener.ae.active_associations[0]
 
 
-def _connect(port: int) -> Any:
-    scu = AE(ae_title="SCANNER")
-    scu.add_requested_context(Verification)
-    association = scu.associate("127.0.0.1", port, ae_title="TRIAGE")
-    assert association.is_established
-    return association
-
-
 def test_an_idle_association_wakes_its_reactors_rarely_and_echoes_are_answered() -> None:
     listener = DicomListener.start(DicomSettings(port=0), [], LIMITS)
     assert listener is not None
     try:
-        requestor = _connect(listener.address[1])
+        requestor = echo_association(listener.address[1])
         wakeups = event_reactors.wakeups_of(_accepted(listener))
         assert wakeups is not None, "the accepted association polls"
         before = wakeups.woken + wakeups.timed_out

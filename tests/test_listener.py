@@ -11,14 +11,14 @@ import urllib.error
 import urllib.request
 
 import pytest
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom import evt
 
 from daemon.config import DicomSettings, Settings
 from daemon.listener import DicomListener
 from daemon.metrics import MetricsEndpoint
 from daemon.receive_limits import ReceiveLimits
 from daemon.supervisor import Supervisor
+from tests.peers import echo_association
 
 LIMITS = ReceiveLimits.from_settings(Settings(), free_bytes=lambda: 2**62)
 
@@ -27,14 +27,6 @@ def _listener() -> DicomListener:
     listener = DicomListener.start(DicomSettings(port=0), [], LIMITS)
     assert listener is not None
     return listener
-
-
-def _associate(port: int) -> object:
-    scu = AE(ae_title="SCANNER")
-    scu.add_requested_context(Verification)
-    association = scu.associate("127.0.0.1", port, ae_title="TRIAGE")
-    assert association.is_established
-    return association
 
 
 def _refused(port: int) -> bool:
@@ -48,9 +40,9 @@ def test_the_listener_answers_and_a_drain_closes_its_door() -> None:
     listener = _listener()
     supervisor.own(listener)
     port = listener.address[1]
-    association = _associate(port)
-    assert association.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
-    association.release()  # type: ignore[attr-defined]
+    association = echo_association(port)
+    assert association.send_c_echo().Status == 0x0000
+    association.release()
     assert supervisor.healthy()
     assert supervisor.drain(5.0) == []
     assert not listener.alive()
@@ -61,14 +53,14 @@ def test_an_association_left_open_is_aborted_when_the_drain_time_is_up() -> None
     supervisor = Supervisor(threading.Event())
     listener = _listener()
     supervisor.own(listener)
-    association = _associate(listener.address[1])
+    association = echo_association(listener.address[1])
     started = time.monotonic()
     supervisor.drain(2.0)  # the listener's share is half: 1 s
     elapsed = time.monotonic() - started
     deadline = time.monotonic() + 5
-    while association.is_alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+    while association.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert association.is_aborted  # type: ignore[attr-defined]
+    assert association.is_aborted
     assert listener.open_associations() == 0
     print(f"\ndrain with one association held open: {elapsed:.2f} s")
 
@@ -137,9 +129,9 @@ def test_a_stored_echo_handler_still_runs_through_the_owned_listener() -> None:
     listener = DicomListener.start(DicomSettings(port=0), [(evt.EVT_C_ECHO, on_echo)], LIMITS)
     assert listener is not None
     try:
-        association = _associate(listener.address[1])
-        association.send_c_echo()  # type: ignore[attr-defined]
-        association.release()  # type: ignore[attr-defined]
+        association = echo_association(listener.address[1])
+        association.send_c_echo()
+        association.release()
         assert seen == ["SCANNER"]
     finally:
         listener.stop(2.0)
