@@ -159,7 +159,12 @@ def send_in_parallel(
         command = daemon.storescu_command([image.path for image in batch], "-v")
         command[command.index("SCANNER")] = ae_title
         result = run_tool(command, timeout=300)
-        return acknowledged_files(result.stdout + result.stderr)
+        output = result.stdout + result.stderr
+        sent = acknowledged_files(output)
+        if len(sent) < len(batch):
+            # Kept in the test's captured output: why a sender got fewer answers.
+            print(f"storescu: {len(sent)} of {len(batch)} acknowledged:\n{output[-3000:]}")
+        return sent
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         return {uid_of[path] for sent in pool.map(send, batches) for path in sent}
