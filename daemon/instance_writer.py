@@ -25,6 +25,7 @@ from collections import ChainMap
 from concurrent.futures import Future
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +53,7 @@ class InstanceWriter:
         if max_batch < 1:
             raise ValueError(f'Argument "max_batch" must be at least 1, got {max_batch}.')
         self.sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
         self.max_batch = max_batch
         self._queued: list[_Request] = []
         self._queue_lock = threading.Lock()
@@ -107,9 +109,10 @@ class InstanceWriter:
                 raise
 
     def _commit(self, batch: list[_Request], known: Any) -> None:
-        with self.sessions() as session, session.begin():
+        # A Core connection, not a session: nothing here needs the ORM.
+        with self._engine.begin() as connection:
             instance_ids, used = queries.record_instances(
-                session, [request.row for request in batch], known
+                connection, [request.row for request in batch], known
             )
         # Kept only once committed: a rolled-back insert's ids are no one's.
         for request, instance_id in zip(batch, instance_ids, strict=True):

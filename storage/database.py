@@ -38,8 +38,12 @@ def create_database_engine(database_url: str) -> Engine:
         connect_args = {"timeout": 30, "check_same_thread": False}
     elif url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-    if url.get_backend_name() == "sqlite":
+    # A server's connections die when it restarts: each is pinged as it is
+    # taken from the pool. A SQLite file has no server, and the ping would
+    # cost every acknowledgement a statement.
+    sqlite = url.get_backend_name() == "sqlite"
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 

@@ -76,7 +76,7 @@ from storage.queries.reports import add_report, latest_report
 from storage.queries.retention import Purge, purge_studies
 from storage.queries.studies import (
     commit_report_state,
-    reopen_study,
+    reopen_studies,
     report_failed,
     seconds_until_quiet,
     studies_ready_to_report,
@@ -135,7 +135,7 @@ __all__ = [
     "record_results",
     "release_all_leases",
     "release_instance",
-    "reopen_study",
+    "reopen_studies",
     "replace_instance",
     "report_failed",
     "retry_deliveries",

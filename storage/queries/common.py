@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select, text, update
+from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -22,6 +22,7 @@ from storage.models import (
     Patient,
     Series,
     Study,
+    utcnow,
 )
 
 # Issuer given to the patient row of a study whose images have no Patient ID.
@@ -33,19 +34,28 @@ def header_text(dataset: Dataset, keyword: str, limit: int = 64) -> str:
     return str(value if value is not None else "")[:limit]
 
 
-def database_now(session: Session) -> dt.datetime:
+# Where queries run: an ORM session, or a Core connection (the store path's
+# writer, which needs none of the ORM's bookkeeping).
+Bind = Session | Connection
+
+
+def dialect_name(bind: Bind) -> str:
+    return bind.dialect.name if isinstance(bind, Connection) else bind.get_bind().dialect.name
+
+
+def database_now(bind: Bind) -> dt.datetime:
     """The database server's clock, as naive UTC.
 
     Nodes compare times they did not write themselves (when a study last
     received an image, until when a lease holds), so every such time comes
-    from the one clock they share.
+    from the one clock they share: PostgreSQL's. A SQLite database is a
+    file on one host, and every process that opens it reads the host's
+    clock, as SQLite's own ``'now'`` does; so there it is read here, without
+    a query.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        value = session.scalar(text("select (clock_timestamp() at time zone 'utc')"))
-    else:
-        value = session.scalar(text("select strftime('%Y-%m-%d %H:%M:%f', 'now')"))
-    if isinstance(value, str):
-        return dt.datetime.fromisoformat(value)
+    if dialect_name(bind) != "postgresql":
+        return utcnow()
+    value = bind.scalar(text("select (clock_timestamp() at time zone 'utc')"))
     if not isinstance(value, dt.datetime):
         raise TypeError(f"The database returned {value!r} for the time.")
     return value.replace(tzinfo=None)
@@ -54,16 +64,17 @@ def database_now(session: Session) -> dt.datetime:
 Row = TypeVar("Row", Patient, Study, Series)
 
 
-def insert_statement(session: Session, model: type[Base]) -> Any:
-    """An INSERT of ``model`` in the session's dialect, which has ``ON CONFLICT``."""
-    dialect = session.get_bind().dialect.name
-    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    return insert_for(model.__table__)  # type: ignore[arg-type]
+def insert_for(dialect: str) -> Any:
+    """The ``insert`` of ``dialect``, which has ``ON CONFLICT``."""
+    return postgresql_insert if dialect == "postgresql" else sqlite_insert
 
 
-def insert_or_get_id(
-    session: Session, model: type[Row], key: dict[str, object], **values: object
-) -> int:
+def insert_statement(bind: Bind, model: type[Base]) -> Any:
+    """An INSERT of ``model`` in the bind's dialect, which has ``ON CONFLICT``."""
+    return insert_for(dialect_name(bind))(model.__table__)
+
+
+def insert_or_get_id(bind: Bind, model: type[Row], key: dict[str, object], **values: object) -> int:
     """The id of the row with ``key`` (its unique columns), inserted first if
     there is none.
 
@@ -71,15 +82,15 @@ def insert_or_get_id(
     to commit (PostgreSQL) or runs under SQLite's single writer, so the row
     is then read back in the same transaction either way.
     """
-    session.execute(
-        insert_statement(session, model)
+    bind.execute(
+        insert_statement(bind, model)
         .values(**key, **values)
         .on_conflict_do_nothing(index_elements=list(key))
     )
     query = select(model.id)
     for column, value in key.items():
         query = query.where(getattr(model, column) == value)
-    return int(session.scalars(query).one())
+    return int(bind.scalars(query).one())
 
 
 def get_or_insert(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
@@ -25,15 +27,17 @@ from storage.models import (
 )
 from storage.queries.common import (
     NO_PATIENT_ID_ISSUER,
+    Bind,
     database_now,
+    dialect_name,
     header_text,
+    insert_for,
     insert_or_get_id,
-    insert_statement,
     lease_row,
     lease_rows,
 )
 from storage.queries.occlusion_maps import delete_occlusion_maps
-from storage.queries.studies import reopen_study, update_study_result
+from storage.queries.studies import reopen_studies, update_study_result
 
 
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -62,7 +66,7 @@ def replace_instance(session: Session, sop_instance_uid: str, **fields: object) 
     instance.map_attempts, instance.map_retry_at, instance.map_error = 0, None, ""
     instance.received_at = now
     session.flush()
-    reopen_study(session, instance.study_fk, now)
+    reopen_studies(session, [instance.study_fk], now)
     return instance
 
 
@@ -135,10 +139,12 @@ RowKey = tuple[str, object]
 
 
 def record_instances(
-    session: Session, rows: Sequence[NewInstance], known: Mapping[RowKey, int]
+    bind: Bind, rows: Sequence[NewInstance], known: Mapping[RowKey, int]
 ) -> tuple[list[int | None], dict[RowKey, int]]:
     """Add received instances with their patient, study and series rows, in a
-    handful of statements whatever their number (SQLAlchemy Core).
+    handful of statements whatever their number (SQLAlchemy Core; ``bind``
+    is best a ``Connection``: the writer needs none of a session's
+    bookkeeping, and it costs an acknowledgement's time).
 
     Returns each row's instance id, or None for a second copy of a SOP
     Instance UID already recorded (by another association, or earlier in
@@ -151,10 +157,10 @@ def record_instances(
     once, so the patient, study and series rows are created race-free
     (``INSERT ... ON CONFLICT DO NOTHING``, then read back): whichever
     transaction comes first creates them and the others use them. A study
-    that gets a new image is reopened once (``reopen_study``: a late image
+    that gets a new image is reopened once (``reopen_studies``: a late image
     gets a new report); a duplicate leaves it as it was.
     """
-    now = database_now(session)
+    now = database_now(bind)
     ids: dict[RowKey, int] = {}
 
     def known_id(key: RowKey) -> int | None:
@@ -171,7 +177,7 @@ def record_instances(
         if known_id(patient_key) is None:
             patient_id, issuer = row.patient_key
             ids[patient_key] = insert_or_get_id(
-                session,
+                bind,
                 Patient,
                 {"patient_id": patient_id, "issuer_of_patient_id": issuer},
                 **row.patient,
@@ -180,7 +186,7 @@ def record_instances(
         study_key: RowKey = ("study", row.study_uid)
         if known_id(study_key) is None:
             ids[study_key] = insert_or_get_id(
-                session,
+                bind,
                 Study,
                 {"study_instance_uid": row.study_uid},
                 patient_fk=ids[("patient", row.patient_key)],
@@ -193,7 +199,7 @@ def record_instances(
         series_key: RowKey = ("series", row.series_uid)
         if known_id(series_key) is None:
             ids[series_key] = insert_or_get_id(
-                session,
+                bind,
                 Series,
                 {"series_instance_uid": row.series_uid},
                 study_fk=ids[("study", row.study_uid)],
@@ -202,10 +208,8 @@ def record_instances(
     first: dict[str, NewInstance] = {}
     for row in sorted(rows, key=lambda row: str(row.instance["sop_instance_uid"])):
         first.setdefault(str(row.instance["sop_instance_uid"]), row)
-    inserted = session.execute(
-        insert_statement(session, Instance)
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        .returning(Instance.__table__.c.id, Instance.__table__.c.sop_instance_uid),
+    inserted = bind.execute(
+        _insert_instances(dialect_name(bind)),
         [
             {
                 **row.instance,
@@ -221,15 +225,25 @@ def record_instances(
     # second copy of one it has (a sender resending what it was not told
     # was stored) changes nothing.
     by_uid = {uid: instance_id for instance_id, uid in inserted}
-    for study_id in sorted(
-        {ids[("study", row.study_uid)] for uid, row in first.items() if uid in by_uid}
-    ):
-        reopen_study(session, study_id, now)
+    reopen_studies(
+        bind, (ids[("study", row.study_uid)] for uid, row in first.items() if uid in by_uid), now
+    )
     return [
         by_uid.get(uid) if first[uid] is row else None
         for row in rows
         for uid in (str(row.instance["sop_instance_uid"]),)
     ], ids
+
+
+@functools.cache
+def _insert_instances(dialect: str) -> Any:
+    """The instances' INSERT, built once per dialect: it runs for every batch."""
+    columns = Instance.__table__.c
+    return (
+        insert_for(dialect)(Instance.__table__)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(columns.id, columns.sop_instance_uid)
+    )
 
 
 def record_instance(
@@ -252,7 +266,7 @@ def record_instance(
         sha256=sha256,
         calling_ae_title=calling_ae_title,
     )
-    (instance_id,), _ids = record_instances(session, [row], {})
+    (instance_id,), _ids = record_instances(session.connection(), [row], {})
     if instance_id is None:
         raise IntegrityError(
             "INSERT INTO instances", None, ValueError("the SOP Instance UID is recorded already")

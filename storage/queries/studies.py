@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from domain.retry import RetryPolicy
@@ -18,30 +19,39 @@ from storage.models import (
     StudyState,
     utcnow,
 )
-from storage.queries.common import database_now
+from storage.queries.common import Bind, database_now
 
 
-def reopen_study(session: Session, study_id: int, now: dt.datetime) -> None:
-    """A new or replaced image: the study waits for a (new) report.
+def reopen_studies(bind: Bind, study_ids: Iterable[int], now: dt.datetime) -> None:
+    """New or replaced images: each study waits for a (new) report.
 
     An explicit UPDATE that always writes the state and raises the
     revision, so that a report being built concurrently from the older
     revision cannot be committed (``commit_report``) and a study already
-    reported is reopened.
+    reported is reopened. One statement for all of them (Core
+    ``executemany``), run in id order: concurrent writers lock the rows
+    in one order and cannot deadlock.
     """
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id)
-        .values(
-            state=StudyState.RECEIVING,
-            last_received_at=now,
-            revision=Study.revision + 1,
-            report_attempts=0,
-            report_error="",
-            retry_at=None,
-        )
-        .execution_options(synchronize_session=False)
+    params = [{"reopened_id": study_id, "now": now} for study_id in sorted(set(study_ids))]
+    if params:
+        bind.execute(_REOPEN, params)
+
+
+_STUDIES = Study.__table__.c
+# Built once (Core, on the table: no ORM bulk update): it runs for every
+# batch of received images.
+_REOPEN = (
+    update(Study.metadata.tables[Study.__tablename__])
+    .where(_STUDIES.id == bindparam("reopened_id"))
+    .values(
+        state=StudyState.RECEIVING,
+        last_received_at=bindparam("now"),
+        revision=_STUDIES.revision + 1,
+        report_attempts=0,
+        report_error="",
+        retry_at=None,
     )
+)
 
 
 def update_study_result(session: Session, study_id: int) -> None:
