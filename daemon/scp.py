@@ -133,7 +133,7 @@ def _store(event: Any, context: IngestContext) -> int:
 
 def received(event: Any) -> Received:
     """The received dataset with its file meta: with ``receive_to_files`` on,
-    the file pynetdicom wrote as it arrived (read in chunks, never whole);
+    the file pynetdicom wrote as it arrived (a large one read in chunks, never whole);
     otherwise pynetdicom's copy in memory."""
     if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
         return Path(event.dataset_path)

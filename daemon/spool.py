@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # A received dataset with its file meta: bytes in memory, or the file that
-# pynetdicom wrote as it arrived. Files are read in chunks, never whole.
+# pynetdicom wrote as it arrived. A large file is read in chunks, never whole.
 Received = bytes | Path
 
 # pynetdicom's temporary files (tempfile.NamedTemporaryFile, suffix ".dcm")

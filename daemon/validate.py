@@ -8,8 +8,8 @@ dataset is inflated in chunks with a ceiling before pydicom sees it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import os
 import zlib
 from io import BytesIO
 from pathlib import Path
@@ -46,6 +46,9 @@ PIXEL_TAGS = frozenset(Tag(keyword) for keyword in PIXEL_KEYWORDS)
 # Values larger than this are left in the received buffer, not copied: the
 # checks need only the pixel data's length and where it lies.
 DEFER_BYTES = 1024 * 1024
+# A received file up to this size is read whole to be checked (an OCT
+# B-scan, a compressed radiograph); a larger one is read in chunks.
+WHOLE_READ_BYTES = 2 * 1024 * 1024
 
 
 # The file meta group is a few hundred bytes; this is far more than enough.
@@ -200,21 +203,28 @@ def parse_and_hash(
     the dataset, the file's SHA-256, from the same read of its bytes."""
     if transfer_syntax_uid == DEFLATED:
         check_inflated_size(content)
-    digest = hashlib.sha256()
     try:
-        with contextlib.ExitStack() as files:
-            if isinstance(content, Path):
-                reader = HashingReader(files.enter_context(content.open("rb")), digest)
-                dataset = _read_checked(reader)
-                sha256 = reader.finish()
-            else:
-                dataset = _read_checked(BytesIO(content))
-                digest.update(content)
-                sha256 = digest.hexdigest()
+        dataset, sha256 = _read_and_hash(content)
     except Exception as exc:
         raise IngestError(f"Cannot parse the dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
     _check_dataset(dataset, content, affected_sop_instance_uid, negotiated_sop_class_uid)
     return dataset, sha256
+
+
+def _read_and_hash(content: Received) -> tuple[Dataset, str]:
+    """The parsed dataset and the SHA-256 of ``content``, from one read."""
+    digest = hashlib.sha256()
+    if isinstance(content, Path):
+        with content.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size > WHOLE_READ_BYTES:
+                reader = HashingReader(handle, digest)
+                return _read_checked(reader), reader.finish()
+            # A small file is read whole and parsed in memory: its header is
+            # read element by element, and through a file those reads cost
+            # more than the one read of the whole.
+            content = handle.read()
+    digest.update(content)
+    return _read_checked(BytesIO(content)), digest.hexdigest()
 
 
 def _read_checked(source: Any) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from io import BytesIO
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from pydicom import dcmread
 
 from daemon.spool import Spool
-from daemon.validate import parse_header
+from daemon.validate import WHOLE_READ_BYTES, parse_and_hash, parse_header
 from dicom_io.status import Status
 from domain.errors import IngestError
 from phantoms.files import write_dicom_studies
@@ -99,3 +100,33 @@ def test_a_report_is_built_without_type2_attributes(phantom_bytes: bytes) -> Non
     )
     assert report.PatientBirthDate == "" and report.PatientID == ""
     assert "PatientBirthDate" not in source  # the source header is left as it was
+
+
+def _enlarged(content: bytes, size: int) -> bytes:
+    """``content`` with its pixel data repeated to at least ``size`` bytes (more frames)."""
+    dataset = dcmread(BytesIO(content))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    copies = size // len(dataset.PixelData) + 1
+    dataset.PixelData = dataset.PixelData * copies
+    dataset.NumberOfFrames = frames * copies
+    out = BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_received_file_is_hashed_in_the_read_that_checks_it(
+    tmp_path: Path, phantom_bytes: bytes, size: str
+) -> None:
+    """A small file is read whole, a large one in chunks past its deferred
+    pixel data: either way the header and the SHA-256 are the file's own."""
+    content = phantom_bytes if size == "small" else _enlarged(phantom_bytes, 2 * WHOLE_READ_BYTES)
+    assert (len(content) <= WHOLE_READ_BYTES) == (size == "small")
+    received = tmp_path / "tmp0001.dcm"
+    received.write_bytes(content)
+    expected = dcmread(BytesIO(content), stop_before_pixels=True)
+    for source in (received, content):
+        header, sha256 = parse_and_hash(source, _uid(content))
+        assert sha256 == hashlib.sha256(content).hexdigest()
+        assert header.SOPInstanceUID == expected.SOPInstanceUID
+        assert header.Rows == expected.Rows
