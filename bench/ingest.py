@@ -221,6 +221,8 @@ def store_stages(metrics_port: int, images: int) -> dict[str, tuple[float, float
 
 def measure_round(running: Running, called: str, files: Sequence[Path], senders: int) -> Round:
     """Push ``files`` once; for the daemon, wait until every study is reported."""
+    # One daemon state serves every kind of image: count what this round adds.
+    reported_before = running.daemon.reported_studies() if running.daemon is not None else 0
     cpu_before, (busy_before, total_before) = tree_cpu_seconds(running.pid), host_busy()
     started = time.monotonic()
     seconds, acknowledged = push(files, called, running.port, senders)
@@ -233,7 +235,9 @@ def measure_round(running: Running, called: str, files: Sequence[Path], senders:
         host_busy=(busy_after - busy_before) / max(total_after - total_before, 1e-9),
     )
     if running.daemon is not None:
-        running.daemon.wait_for_reported_studies(len(files) // IMAGES_PER_STUDY, timeout=600)
+        running.daemon.wait_for_reported_studies(
+            reported_before + len(files) // IMAGES_PER_STUDY, timeout=600
+        )
         result.last_report_s = time.monotonic() - started
         result.after_cpu_ms = 1000 * (tree_cpu_seconds(running.pid) - cpu_after) / acknowledged
         result.stages = store_stages(running.metrics_port, acknowledged)

@@ -199,12 +199,16 @@ class TriageDaemon:
             self.process.wait()
             raise AssertionError("triage serve did not stop within 60 s:\n" + self.log) from None
 
+    def reported_studies(self) -> int:
+        """How many studies are reported now."""
+        rows = self.database().execute("select count(*) from studies where state = 'reported'")
+        (count,) = rows.fetchone() or (0,)
+        return int(count)
+
     def wait_for_reported_studies(self, count: int, timeout: float = 60) -> None:
         """Wait until ``count`` studies are reported; fail with the log if they are not."""
-        database = self.database()
         deadline = time.monotonic() + timeout
-        query = "select count(*) from studies where state = 'reported'"
-        while database.execute(query).fetchone() != (count,):
+        while self.reported_studies() != count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{count} studies were not reported in time\n{self.log}")
             time.sleep(0.3)
