@@ -52,7 +52,7 @@ class InstanceWriter:
     def __init__(self, sessions: sessionmaker[Session], max_batch: int = MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f'Argument "max_batch" must be at least 1, got {max_batch}.')
-        self.sessions = sessions
+        # Batches are written on a Core connection of the sessions' engine.
         self._engine: Engine = sessions.kw["bind"]
         self.max_batch = max_batch
         self._queued: list[_Request] = []

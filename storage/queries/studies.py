@@ -37,16 +37,16 @@ def reopen_studies(bind: Bind, study_ids: Iterable[int], now: dt.datetime) -> No
         bind.execute(_REOPEN, params)
 
 
-_STUDIES = Study.__table__.c
 # Built once (Core, on the table: no ORM bulk update): it runs for every
 # batch of received images.
+_STUDIES = Study.metadata.tables[Study.__tablename__]
 _REOPEN = (
-    update(Study.metadata.tables[Study.__tablename__])
-    .where(_STUDIES.id == bindparam("reopened_id"))
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("reopened_id"))
     .values(
         state=StudyState.RECEIVING,
         last_received_at=bindparam("now"),
-        revision=_STUDIES.revision + 1,
+        revision=_STUDIES.c.revision + 1,
         report_attempts=0,
         report_error="",
         retry_at=None,
