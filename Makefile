@@ -67,10 +67,13 @@ lint: install-dev
 
 # The whole suite on SQLite, then every test that touches a database (the
 # network tests, less those decided before the database) again on a
-# private PostgreSQL server.
+# private PostgreSQL server. Two pytest workers (CI has 2 cores; most tests
+# wait on peers, not on a core), the training tests all on one of them; the
+# slowest tests are listed, to keep the suite inside its 30 minutes.
+PYTEST_PARALLEL := -n 2 --dist loadgroup --durations=15
 test: system-deps install-dev lint test-wheelhouses
-	bash tests/run_in_netns.sh $(BIN)/pytest --run-training
-	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest -m "network and not before_database"
+	bash tests/run_in_netns.sh $(BIN)/pytest $(PYTEST_PARALLEL) --run-training
+	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest $(PYTEST_PARALLEL) -m "network and not before_database"
 
 # Wheelhouses for tests/test_install.py, which installs from them inside the
 # network namespace, where nothing can be downloaded.
