@@ -39,6 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# First, so that xdist's own hook (which reads the xdist_group marks) sees them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
