@@ -39,16 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# First, so that xdist's own hook (which reads the xdist_group marks) sees them.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.training)
-            # One xdist worker takes every training test (--dist loadgroup):
-            # the session fixtures train once, and no two workers write
-            # the model cache at the same time.
-            item.add_marker(pytest.mark.xdist_group("training"))
     if not config.getoption("--run-training"):
         skip_training = pytest.mark.skip(
             reason="trains models: run with --run-training (`make test` does)"
