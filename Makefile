@@ -68,14 +68,14 @@ lint: install-dev
 # The whole suite on SQLite, then every test that touches a database (the
 # network tests, less those decided before the database) again on a
 # private PostgreSQL server. Two pytest workers (CI has 2 cores; most tests
-# wait on peers, not on a core), but the trainer's tests on their own,
-# serially: their session fixture trains both models once, into one cache,
-# with both cores. The slowest tests are listed, to keep the suite inside
-# its 30 minutes.
+# wait on peers, not on a core), but the tests marked "training" (by their
+# fixtures, in tests/conftest.py) on their own, serially: their session
+# fixture trains both models once, into one cache, with both cores. The
+# slowest tests are listed, to keep the suite inside its 30 minutes.
 PYTEST_PARALLEL := -n 2 --durations=15
 test: system-deps install-dev lint test-wheelhouses
-	bash tests/run_in_netns.sh $(BIN)/pytest $(PYTEST_PARALLEL) --ignore=tests/test_trainer.py
-	bash tests/run_in_netns.sh $(BIN)/pytest --durations=5 --run-training tests/test_trainer.py
+	bash tests/run_in_netns.sh $(BIN)/pytest $(PYTEST_PARALLEL) -m "not training"
+	bash tests/run_in_netns.sh $(BIN)/pytest --durations=5 --run-training -m training
 	TRIAGE_TEST_DATABASE=postgresql bash tests/run_in_netns.sh $(BIN)/pytest $(PYTEST_PARALLEL) -m "network and not before_database"
 
 # Wheelhouses for tests/test_install.py, which installs from them inside the
