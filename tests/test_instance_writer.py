@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,15 +11,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.instance_writer import InstanceWriter
 from storage import queries
-from storage.database import create_database_engine, make_session_factory
+from storage.database import create_database_engine, make_session_factory, upgrade
 from storage.models import Instance, Series, Study, StudyState
 from storage.queries.instances import RowKey
+from tests import peers
 
 
 class _Association:
@@ -207,3 +209,84 @@ def test_a_database_out_of_reach_answers_every_waiting_handler(
 def test_a_batch_must_hold_a_row(sqlite_sessions: sessionmaker[Session], max_batch: int) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         InstanceWriter(sqlite_sessions, max_batch=max_batch)
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+        )
+
+
+@pytest.mark.network  # so that `make test` runs it on PostgreSQL
+@pytest.mark.skipif(
+    os.environ.get("TRIAGE_TEST_DATABASE") != "postgresql",
+    reason="row locks as PostgreSQL takes them (make test runs this on it)",
+)
+def test_a_study_result_brought_up_to_date_never_deadlocks_the_writer(
+    oct_phantoms: list[Path],
+) -> None:
+    """Triage brings the results of a batch's studies up to date while the
+    writer records new images of the same studies: neither may deadlock the
+    other. (Under traffic, PostgreSQL broke such a deadlock by refusing four
+    C-STOREs of test_traffic's one study over parallel associations with
+    0xA700: each instance's INSERT holds a key-share lock on its study, which
+    a study locked FOR UPDATE waits for.)"""
+    engine = create_database_engine(peers.DATABASE_FACTORY[0]())
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    first = [
+        _row(oct_phantoms[0], StudyInstanceUID=generate_uid()),
+        _row(oct_phantoms[1], StudyInstanceUID=generate_uid()),
+    ]
+    _record(sessions, first)
+    with sessions() as session:
+        studies = {
+            uid: session.scalars(select(Study.id).where(Study.study_instance_uid == uid)).one()
+            for uid in (row.study_uid for row in first)
+        }
+    (low_uid, low), (high_uid, high) = sorted(studies.items(), key=lambda item: item[1])
+    # The writer inserts series and instances in the order of their UIDs:
+    # the higher study's first, so that the higher study is key-share locked
+    # (by the foreign key of its new series) before the writer meets the
+    # lower one, which triage holds.
+    series_uids, sop_uids = (sorted(generate_uid() for _ in range(2)) for _ in range(2))
+    late = [
+        _row(
+            oct_phantoms[2],
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series_uid,
+            SOPInstanceUID=sop_uid,
+        )
+        for study_uid, series_uid, sop_uid in zip(
+            (high_uid, low_uid), series_uids, sop_uids, strict=True
+        )
+    ]
+    recorded: list[list[int | None]] = []
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with engine.begin() as connection:
+                recorded.append(queries.record_instances(connection, late, {})[0])
+        except BaseException as exc:  # the test looks at what the writer got
+            failed.append(exc)
+
+    writer = threading.Thread(target=write)
+    with sessions() as session, session.begin():
+        queries.update_study_result(session, low)
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_a_lock(engine):
+            assert writer.is_alive() and time.monotonic() < deadline, failed
+            time.sleep(0.01)
+        queries.update_study_result(session, high)
+    writer.join(timeout=60)
+    assert not failed, failed
+    assert len(recorded) == 1 and None not in recorded[0]
+    engine.dispose()

@@ -56,8 +56,12 @@ _REOPEN = (
 
 def update_study_result(session: Session, study_id: int) -> None:
     """The most urgent image decides; among equals, the most confident."""
-    # Serialise the instances of one study across threads and nodes.
-    session.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+    # Serialise the instances of one study across threads and nodes. FOR NO
+    # KEY UPDATE on PostgreSQL (key_share), not FOR UPDATE: the writer's
+    # INSERTs take a key-share lock on each study they reference (the
+    # foreign keys), which FOR UPDATE would wait for, and with the writer
+    # waiting in turn for a study held here, the two deadlocked.
+    session.execute(select(Study.id).where(Study.id == study_id).with_for_update(key_share=True))
     results = list(
         session.scalars(select(InstanceResult).join(Instance).where(Instance.study_fk == study_id))
     )
