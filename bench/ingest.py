@@ -12,10 +12,8 @@ Each figure is a ratio to Orthanc's measured in the same run, for
 
 ``--receivers 1,2,4`` runs the daemon once per count of receiver
 processes (``[dicom] receivers``), ``--hold 0,2`` once per
-``[dicom] ingest_priority_hold_seconds`` (0: triage does not yield),
-``--switch-interval 5,1`` once per ``[dicom] gil_switch_interval_ms``; a
-bare pynetdicom receiver (``bench.bare_receiver``) shows what pynetdicom
-alone costs.
+``[dicom] ingest_priority_hold_seconds`` (0: triage does not yield); a bare pynetdicom receiver
+(``bench.bare_receiver``) shows what pynetdicom alone costs.
 
 The images: phantom OCT volumes (5 B-scans of 256 x 320, 8 bits, 410 KB)
 and phantom chest radiographs enlarged to 2048 x 1920 at 16 bits (7.9 MB),
@@ -37,7 +35,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import itertools
 import os
 import re
 import socket
@@ -317,11 +314,6 @@ def main() -> None:
         default="",
         help="the daemon once for each of these [dicom] ingest_priority_hold_seconds, e.g. 0,2",
     )
-    parser.add_argument(
-        "--switch-interval",
-        default="",
-        help="the daemon once for each of these [dicom] gil_switch_interval_ms, e.g. 5,1",
-    )
     args = parser.parse_args()
 
     models_state = Path(args.models).absolute()
@@ -349,20 +341,14 @@ def main() -> None:
                 "Orthanc": (orthanc, "ORTHANC"),
                 "bare pynetdicom": (bare_pynetdicom, "BARE"),
             }
-            for count, hold, interval in itertools.product(
-                args.receivers.split(","),
-                args.hold.split(",") if args.hold else [""],
-                args.switch_interval.split(",") if args.switch_interval else [""],
-            ):
-                env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
-                name = f"dicom-triage x{count}"
-                if hold:
-                    env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
-                    name += f" hold {hold} s"
-                if interval:
-                    env["TRIAGE_DICOM_GIL_SWITCH_INTERVAL_MS"] = interval
-                    name += f" switch {interval} ms"
-                receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
+            for count in args.receivers.split(","):
+                for hold in args.hold.split(",") if args.hold else [""]:
+                    env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
+                    name = f"dicom-triage x{count}"
+                    if hold:
+                        env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
+                        name += f" hold {hold} s"
+                    receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
             for kind, files in sets.items():
                 if args.only and kind != args.only:
                     continue

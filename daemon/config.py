@@ -88,13 +88,6 @@ class DicomSettings(Section):
     # quiet, each for this long at most before it does one unit of work
     # anyway. 0: no waiting.
     ingest_priority_hold_seconds: float = dataclasses.field(default=2.0, metadata=RESTART)
-    # How long a thread of a receiving process may hold the GIL while
-    # another waits for it (sys.setswitchinterval), in milliseconds.
-    # Python's 5 ms default lets a busy handler thread keep a reactor or a
-    # handler whose row was just committed waiting for 5 ms on every
-    # handover; 1 ms took OCT acknowledgements from 0.36x to 0.59x the bare
-    # receiver on two cores (bench/README.md).
-    gil_switch_interval_ms: float = dataclasses.field(default=1.0, metadata=RESTART)
     # DICOM TLS (PS3.15 Annex B) on a port of its own, beside the plain one.
     # 0: no TLS port. Certificate, key and CA are PEM files; with a CA file
     # peers must present a certificate it signed, unless
@@ -162,11 +155,6 @@ class DicomSettings(Section):
             raise ConfigError(
                 'Key "dicom.ingest_priority_hold_seconds" must be in 0..60, got '
                 f"{self.ingest_priority_hold_seconds}."
-            )
-        if not 0.1 <= self.gil_switch_interval_ms <= 100:
-            raise ConfigError(
-                'Key "dicom.gil_switch_interval_ms" must be in 0.1..100, got '
-                f"{self.gil_switch_interval_ms}."
             )
         if not 1 <= self.receivers <= 64:
             raise ConfigError(f'Key "dicom.receivers" must be in 1..64, got {self.receivers}.')

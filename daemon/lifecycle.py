@@ -148,7 +148,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> ExitCode:
         spool = Spool(settings.spool_dir)
         if removed := spool.remove_partial_writes():
             logger.warning("Removed %d partial file(s) left by an earlier crash", removed)
-        receive_to_files(spool.incoming, settings.dicom.gil_switch_interval_ms)
+        receive_to_files(spool.incoming)
         tls = tls_context(settings.dicom)
         for destination in settings.destinations:  # a wrong certificate file stops the start
             destination_tls(settings, (destination.ae_title, destination.host, destination.port))

@@ -200,7 +200,7 @@ def run_receiver(
     engine = create_database_engine(settings.storage.database_url)
     sessions = make_session_factory(engine)
     spool = Spool(settings.spool_dir)
-    receive_to_files(spool.incoming, settings.dicom.gil_switch_interval_ms)
+    receive_to_files(spool.incoming)
     trail = AuditTrail(sessions, audit_sinks(settings))
     receiving = priority.receiving(number) if priority is not None else None
     handlers = receiving_handlers(settings, sessions, spool, work, trail, receiving)

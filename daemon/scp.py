@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import queue
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -87,9 +86,8 @@ class IngestContext:
     receiving: ReceivingSignal | None = None
 
 
-def receive_to_files(incoming: Path, gil_switch_interval_ms: float) -> None:
-    """Process-wide: pynetdicom writes each received dataset to a file as it
-    arrives, and threads hand the GIL over every ``gil_switch_interval_ms``.
+def receive_to_files(incoming: Path) -> None:
+    """Process-wide: pynetdicom writes each received dataset to a file as it arrives.
 
     An OCT volume can be hundreds of megabytes and several scanners send at
     once, so nothing is held in memory. pynetdicom makes the file with
@@ -101,10 +99,6 @@ def receive_to_files(incoming: Path, gil_switch_interval_ms: float) -> None:
     incoming.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(incoming)
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-    # A receiving process is many short waits: reactors wake on a socket,
-    # handlers wake when their row is committed. Each waits for the running
-    # thread's interval to end, so a shorter one cuts every handover.
-    sys.setswitchinterval(gil_switch_interval_ms / 1000)
 
 
 def handle_store(event: Any, context: IngestContext) -> int:

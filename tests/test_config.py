@@ -53,7 +53,6 @@ def test_toml_then_environment(tmp_path: Path) -> None:
         ("", {"TRIAGE_DICOM_PORT": "eleven"}, "TRIAGE_DICOM_PORT"),
         ("", {"TRIAGE_DESTINATIONS": "{"}, "TRIAGE_DESTINATIONS"),
         ("[study]\nstable_seconds = -1\n", {}, "stable_seconds"),
-        ("[dicom]\ngil_switch_interval_ms = 0\n", {}, "dicom.gil_switch_interval_ms"),
     ],
 )
 def test_bad_values_are_errors(tmp_path: Path, text: str, environ: dict, message: str) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
-import tempfile
 from io import BytesIO
 from pathlib import Path
 
@@ -132,25 +130,3 @@ def test_a_received_file_is_hashed_in_the_read_that_checks_it(
         assert sha256 == hashlib.sha256(content).hexdigest()
         assert header.SOPInstanceUID == expected.SOPInstanceUID
         assert header.Rows == expected.Rows
-
-
-def test_a_receiving_process_spools_to_files_and_hands_the_gil_over_sooner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What each receiving process sets up before it listens: received
-    datasets go to the spool as files, and the configured switch interval
-    (shorter than Python's 5 ms) is the process's."""
-    from pynetdicom import _config as pynetdicom_config
-
-    from daemon.scp import receive_to_files
-
-    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
-    monkeypatch.setattr(pynetdicom_config, "STORE_RECV_CHUNKED_DATASET", False)
-    default = sys.getswitchinterval()
-    try:
-        receive_to_files(tmp_path / "incoming", 2.5)
-        assert sys.getswitchinterval() == pytest.approx(0.0025)
-    finally:
-        sys.setswitchinterval(default)
-    assert tempfile.gettempdir() == str(tmp_path / "incoming")
-    assert pynetdicom_config.STORE_RECV_CHUNKED_DATASET is True
