@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from daemon.cores import receivers_for, usable_cores
 from domain.errors import ConfigError
 from domain.retry import RetryPolicy
 
@@ -81,8 +82,9 @@ class DicomSettings(Section):
     max_pdu_size: int = dataclasses.field(default=4 * 1024 * 1024, metadata=RESTART)
     # Processes that accept associations on the port (SO_REUSEPORT). 1: the
     # daemon's own process alone. More: that many in all, each with its own
-    # GIL; max_associations applies to each.
-    receivers: int = dataclasses.field(default=1, metadata=RESTART)
+    # GIL; max_associations applies to each. 0: one per 4 cores the service
+    # may use (daemon.cores: affinity and CPUQuota), so 1 below 8 cores.
+    receivers: int = dataclasses.field(default=0, metadata=RESTART)
     # Ingest before triage (daemon.ingest_priority): while images arrive,
     # decoding, inference, reports and maps wait for the receivers to be
     # quiet, each for this long at most before it does one unit of work
@@ -124,6 +126,13 @@ class DicomSettings(Section):
         key = credential(environ, TLS_PRIVATE_KEY_CREDENTIAL)
         return dataclasses.replace(self, tls_private_key=str(key)) if key else self
 
+    def sized(self, cores: float) -> DicomSettings:
+        """``receivers = 0`` made a count for ``cores`` (daemon.cores);
+        a count the operator set stays."""
+        if self.receivers:
+            return self
+        return dataclasses.replace(self, receivers=receivers_for(cores))
+
     def client_identity(self) -> tuple[Path, Path] | None:
         """This node's certificate and key, presented when it calls a TLS peer."""
         if self.tls_certificate and self.tls_private_key:
@@ -156,8 +165,8 @@ class DicomSettings(Section):
                 'Key "dicom.ingest_priority_hold_seconds" must be in 0..60, got '
                 f"{self.ingest_priority_hold_seconds}."
             )
-        if not 1 <= self.receivers <= 64:
-            raise ConfigError(f'Key "dicom.receivers" must be in 1..64, got {self.receivers}.')
+        if not 0 <= self.receivers <= 64:
+            raise ConfigError(f'Key "dicom.receivers" must be in 0..64, got {self.receivers}.')
         for aet in self.allowed_calling_aets:
             _check_ae_title("dicom.allowed_calling_aets", aet)
         if not 0 <= self.port <= 65535:
@@ -596,7 +605,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         sections[name] = _build(name, cls, values)
     # Paths left empty default to the state directory.
     sections["storage"] = sections["storage"].resolved(env)
-    sections["dicom"] = sections["dicom"].resolved(env)
+    sections["dicom"] = sections["dicom"].resolved(env).sized(usable_cores())
     sections["models"] = sections["models"].resolved(Path(sections["storage"].state_dir))
 
     destinations = tuple(
