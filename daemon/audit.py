@@ -23,7 +23,15 @@ report-exported        110106 Export
 application-start      110100 Application Activity             110120 Application Start
 application-stop       110100 Application Activity             110121 Application Stop
 configuration-change   110113 Security Alert                   110131 Software Configuration
+user-login             110114 User Authentication              110122 Login
+user-logout            110114 User Authentication              110123 Logout
+record-viewed          110110 Patient Record
+delivery-retried       110106 Export
 =====================  ======================================  ==========================
+
+The HTTP service (``daemon.web``) records the last four: who signed in
+(``detail`` names the user), which study a user looked at, and who put a
+dead letter back in the queue.
 
 Writing the trail never fails the work it records: an error is logged.
 """
@@ -63,6 +71,10 @@ EVENT_CODES: dict[str, tuple[str, str, str, str]] = {
     "application-start": ("110100", "Application Activity", "110120", "Application Start"),
     "application-stop": ("110100", "Application Activity", "110121", "Application Stop"),
     "configuration-change": ("110113", "Security Alert", "110131", "Software Configuration"),
+    "user-login": ("110114", "User Authentication", "110122", "Login"),
+    "user-logout": ("110114", "User Authentication", "110123", "Logout"),
+    "record-viewed": ("110110", "Patient Record", "", ""),
+    "delivery-retried": ("110106", "Export", "", ""),
 }
 # Columns that name a patient: in the database only, never in a syslog message.
 PATIENT_FIELDS = ("patient_id", "study_instance_uid")

@@ -105,10 +105,7 @@ class DicomSettings(Section):
 
     def beyond_loopback(self) -> bool:
         """Whether peers on other hosts can reach the listener."""
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host != "localhost"  # a host name: assume it is reachable
+        return reachable_beyond_loopback(self.host)
 
     def unprotected(self) -> bool:
         """Reachable from other hosts with no allow-list (AE titles or
@@ -311,6 +308,14 @@ class StorageSettings(Section):
         return credential(environ, DATABASE_PASSWORD_CREDENTIAL)
 
 
+def reachable_beyond_loopback(host: str) -> bool:
+    """Whether a socket bound to ``host`` can be reached from other hosts."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"  # a host name: assume it is reachable
+
+
 def credential(environ: Mapping[str, str], name: str) -> Path | None:
     """systemd's credential ``name`` (``LoadCredential=``), if the unit passed it."""
     if credentials := environ.get("CREDENTIALS_DIRECTORY"):
@@ -322,6 +327,8 @@ def credential(environ: Mapping[str, str], name: str) -> Path | None:
 
 DATABASE_PASSWORD_CREDENTIAL = "database-password"
 TLS_PRIVATE_KEY_CREDENTIAL = "dicom-tls-private-key"
+HTTP_CREDENTIALS = "http-credentials"
+HTTP_TLS_KEY_CREDENTIAL = "http-tls-private-key"
 
 
 def _with_password(database_url: str, password_file: Path) -> str:
@@ -512,6 +519,60 @@ class MetricsSettings(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class HttpSettings(Section):
+    """The web pages, the REST API and DICOMweb (daemon.web)."""
+
+    # 0: no HTTP service (the default).
+    port: int = dataclasses.field(default=0, metadata=RESTART)
+    host: str = dataclasses.field(default="127.0.0.1", metadata=RESTART)
+    # Users and their scrypt password hashes, one "name:hash" a line, as
+    # `triage http-user NAME` prints them. Empty: systemd's credential
+    # "http-credentials" (LoadCredential=). Never the passwords themselves.
+    credentials_file: str = dataclasses.field(default="", metadata=RESTART)
+    # HTTPS when both are set; the key may come from systemd's credential
+    # "http-tls-private-key".
+    tls_certificate: str = dataclasses.field(default="", metadata=RESTART)
+    tls_private_key: str = dataclasses.field(default="", metadata=RESTART)
+    # A signed-in browser is signed out after this long.
+    session_hours: float = 8.0
+    # Plain HTTP beyond loopback is refused at start-up unless this is true:
+    # passwords and patient data would cross the network in clear.
+    allow_plain_http: bool = dataclasses.field(default=False, metadata=RESTART)
+
+    def resolved(self, environ: Mapping[str, str]) -> HttpSettings:
+        """The credentials file and the TLS key from systemd's credentials
+        when the configuration names none."""
+        users = self.credentials_file or str(credential(environ, HTTP_CREDENTIALS) or "")
+        key = self.tls_private_key or str(credential(environ, HTTP_TLS_KEY_CREDENTIAL) or "")
+        return dataclasses.replace(self, credentials_file=users, tls_private_key=key)
+
+    def https(self) -> bool:
+        return bool(self.tls_certificate and self.tls_private_key)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f'Key "http.port" must be in 0..65535, got {self.port}.')
+        if not self.port:
+            return
+        if not self.credentials_file:
+            raise ConfigError(
+                'Key "http.port" needs "http.credentials_file" (or systemd\'s credential '
+                f'"{HTTP_CREDENTIALS}"): every page but liveness asks who is there. '
+                "Make a line with `triage http-user NAME`."
+            )
+        if bool(self.tls_certificate) != bool(self.tls_private_key):
+            raise ConfigError('Keys "http.tls_certificate" and "http.tls_private_key" go together.')
+        if not 0 < self.session_hours <= 24 * 7:
+            raise ConfigError('Key "http.session_hours" must be in (0, 168].')
+        if reachable_beyond_loopback(self.host) and not (self.https() or self.allow_plain_http):
+            raise ConfigError(
+                f"Serving HTTP on {self.host} without TLS would send passwords and patient "
+                'data in clear: set "http.tls_certificate" and "http.tls_private_key", or '
+                'listen on 127.0.0.1 behind a TLS proxy, or set "http.allow_plain_http = true".'
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings(Section):
     # Logging is configured by the entry point, once.
     level: str = dataclasses.field(default="INFO", metadata=RESTART)
@@ -536,6 +597,7 @@ class Settings:
     audit: AuditSettings = AuditSettings()
     retention: RetentionSettings = RetentionSettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     destinations: tuple[Destination, ...] = ()
 
@@ -607,6 +669,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     sections["storage"] = sections["storage"].resolved(env)
     sections["dicom"] = sections["dicom"].resolved(env).sized(usable_cores())
     sections["models"] = sections["models"].resolved(Path(sections["storage"].state_dir))
+    sections["http"] = sections["http"].resolved(env)
 
     destinations = tuple(
         _build("destinations", Destination, dict(item)) for item in raw.get("destinations", [])

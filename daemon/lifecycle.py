@@ -51,8 +51,9 @@ from daemon.scp import receive_to_files
 from daemon.sd_notify import notify, watchdog_interval
 from daemon.spool import Spool
 from daemon.supervisor import Supervisor
+from daemon.web.server import start_web_server
 from daemon.work_queue import WorkQueue, make_work_queue
-from domain.errors import DatabaseUnavailable, StorageError, TriageError
+from domain.errors import ConfigError, DatabaseUnavailable, StorageError, TriageError
 from storage import queries
 from storage.database import create_database_engine, make_session_factory, require_current
 
@@ -300,6 +301,15 @@ def _run(
         trail.close()
         return ExitCode.FAILURE
     listener, receivers = doors
+    try:
+        web = start_web_server(settings.http, sessions, trail, settings.state_dir)
+    except (TriageError, OSError) as exc:
+        logger.error("Cannot serve HTTP on %s:%d: %s", settings.http.host, settings.http.port, exc)
+        supervisor.drain(0)
+        trail.close()
+        return ExitCode.CONFIG if isinstance(exc, ConfigError) else ExitCode.FAILURE
+    if web is not None:
+        supervisor.own(web)
     if engine.dialect.name == "sqlite":
         # One node by construction: leases left by its previous process are stale.
         with sessions() as session, session.begin():

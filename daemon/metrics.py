@@ -87,18 +87,26 @@ INSTANCES_FAILED = Gauge(
 )
 
 
+def serving_registry() -> CollectorRegistry:
+    """The registry to serve: this process's, or with receiver processes
+    the sum of every process's files."""
+    # Set by the entry point (``share_metrics_between_processes``).
+    if not os.environ.get(MULTIPROCESS_METRICS_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
 class MetricsEndpoint:
     """/metrics on 127.0.0.1, as a service the supervisor owns."""
 
     name = "metrics-endpoint"
 
     def __init__(self, port: int) -> None:
-        registry = REGISTRY
-        # Set by the entry point (``share_metrics_between_processes``).
-        if os.environ.get(MULTIPROCESS_METRICS_ENV):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        self.server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        self.server, self._thread = start_http_server(
+            port, addr="127.0.0.1", registry=serving_registry()
+        )
         self.port = int(self.server.server_address[1])
         logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self.port)
 

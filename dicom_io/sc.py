@@ -8,9 +8,12 @@ source image (and frame) in the Source Image Sequence.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -130,3 +133,16 @@ def build_heatmap_sc(
     )[:1024]
     image.BurnedInAnnotation = "YES"  # the legend's text is in the pixels
     return image
+
+
+def secondary_capture_png(content: bytes) -> bytes:
+    """A Secondary Capture's first frame as PNG, for a browser."""
+    dataset = dcmread(io.BytesIO(content))
+    pixels = dataset.pixel_array
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if pixels.dtype != np.uint8:
+        pixels = (normalise_range(pixels) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ from daemon import __version__
 from daemon.cli.models import cmd_demo, cmd_evaluate, cmd_phantoms, cmd_quantize, cmd_train
 from daemon.cli.records import cmd_audit, cmd_outbox, cmd_purge, cmd_worklist
 from daemon.cli.service import cmd_db, cmd_serve, cmd_status, cmd_systemd_dropin
+from daemon.cli.users import cmd_http_user
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     dropin.set_defaults(handler=cmd_systemd_dropin)
+
+    http_user = sub.add_parser(
+        "http-user",
+        help="print a credentials-file line for a user of the web pages and the API",
+        description="Read a password (twice, without echo; or one line of standard input) "
+        "and print NAME:HASH (scrypt) for the file that [http] credentials_file names, or "
+        'systemd\'s credential "http-credentials". The password itself is never stored.',
+    )
+    http_user.add_argument("name", help="the user name, 1-64 of A-Z a-z 0-9 . _ @ -")
+    http_user.set_defaults(handler=cmd_http_user)
 
     demo = with_config(
         sub.add_parser(

@@ -7,6 +7,7 @@ question or change. Each aggregate's state changes live in its own module:
 - ``deliveries``: the outbox, one row per object and destination
 - ``occlusion_maps``: which triaged images still need a map
 - ``worklist``: the urgent referrals
+- ``results``: triaged studies and one study's images, maps and deliveries, for the web
 - ``retention``: retiring studies past their time
 - ``audit``: the audit trail, added to and read back
 - ``common``: the database clock, insert-or-read, leases
@@ -73,6 +74,18 @@ from storage.queries.occlusion_maps import (
     map_failed,
 )
 from storage.queries.reports import add_report, latest_report
+from storage.queries.results import (
+    DeliveryRow,
+    ImageResult,
+    StudyDetail,
+    StudyFilter,
+    StudyRow,
+    delivery_study,
+    occlusion_map_content,
+    study_deliveries,
+    study_detail,
+    triaged_studies,
+)
 from storage.queries.retention import Purge, purge_studies
 from storage.queries.studies import (
     commit_report_state,
@@ -89,10 +102,15 @@ from storage.queries.worklist import WorklistEntry, urgent_worklist
 __all__ = [
     "NO_PATIENT_ID_ISSUER",
     "AuditFilter",
+    "DeliveryRow",
     "Destination",
+    "ImageResult",
     "NewInstance",
     "OutboxRow",
     "Purge",
+    "StudyDetail",
+    "StudyFilter",
+    "StudyRow",
     "WorklistEntry",
     "add_audit_event",
     "add_occlusion_deliveries",
@@ -102,6 +120,7 @@ __all__ = [
     "database_now",
     "delete_occlusion_maps",
     "delivery_counts",
+    "delivery_study",
     "delivery_subject",
     "due_deliveries",
     "find_instance",
@@ -122,6 +141,7 @@ __all__ = [
     "map_failed",
     "mark_instance",
     "new_instance",
+    "occlusion_map_content",
     "outbox",
     "pending_destinations",
     "pending_instance_ids",
@@ -142,8 +162,11 @@ __all__ = [
     "return_instance",
     "seconds_until_quiet",
     "studies_ready_to_report",
+    "study_deliveries",
+    "study_detail",
     "study_if_ready",
     "triaged_instances",
+    "triaged_studies",
     "update_study_result",
     "urgent_worklist",
     "work_counts",
