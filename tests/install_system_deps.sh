@@ -9,6 +9,9 @@ command -v ip >/dev/null || needed+=(iproute2)
 command -v unshare >/dev/null || needed+=(util-linux)
 command -v systemd-analyze >/dev/null || needed+=(systemd)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || needed+=(postgresql)
+# The web pages' tests drive Debian's browser through its WebDriver.
+command -v chromium >/dev/null || needed+=(chromium)
+command -v chromedriver >/dev/null || needed+=(chromium-driver)
 if ((${#needed[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
