@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,12 @@ import pydicom.config
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.web.credentials import hash_password
 from phantoms import trained_models
 from phantoms.files import write_dicom_studies
 from storage.database import create_database_engine, make_session_factory, upgrade
 from tests import peers
-from tests.peers import Orthanc
+from tests.peers import WEB_PASSWORD, WEB_USER, Orthanc, TriageDaemon, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".pytest_cache" / "triage-models"
@@ -148,3 +150,26 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 def oct_phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = write_dicom_studies("oct", tmp_path_factory.mktemp("pool"), 1, seed=301)
     return sorted(root.rglob("*.dcm"))
+
+
+@pytest.fixture
+def web_daemon(tmp_path: Path, model_dirs: dict[str, Path]) -> Iterator[TriageDaemon]:
+    """The daemon with its HTTP service, and a destination that is down:
+    each SR becomes a dead letter after one retry."""
+    credentials = tmp_path / "http-users"
+    credentials.write_text(f"# users of the web pages\n{WEB_USER}:{hash_password(WEB_PASSWORD)}\n")
+    down = free_port()
+    daemon = TriageDaemon(
+        tmp_path / "state",
+        model_dirs,
+        TRIAGE_HTTP_PORT=str(free_port()),
+        TRIAGE_HTTP_CREDENTIALS_FILE=str(credentials),
+        TRIAGE_DELIVERY_RETRY_SCHEDULE="1x1s",
+        TRIAGE_DESTINATIONS=json.dumps([{"ae_title": "DOWN", "host": "127.0.0.1", "port": down}]),
+    )
+    daemon.web_url = f"http://127.0.0.1:{daemon.env['TRIAGE_HTTP_PORT']}"
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0, daemon.log

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from phantoms.files import write_dicom_studies
+
 READY_MARKER = "Ready: listening"
 
 
@@ -93,6 +95,17 @@ DATABASE_FACTORY: list[Any] = []
 POSTGRES_SERVER: list[Any] = []  # the tests.postgres.PostgresServer, to restart it
 
 
+# The user of the web pages and the API that ``web_daemon`` (conftest) knows.
+WEB_USER, WEB_PASSWORD = "ward-7", "correct horse battery staple"
+
+
+def urgent_oct_studies(folder: Path) -> list[Path]:
+    """Phantom OCT studies of one urgent class (CNV), one image each."""
+    root = write_dicom_studies("oct", folder / "scanner", 1, seed=41)
+    truth = json.loads((root / "lesions.json").read_text())
+    return [root / relative for relative, record in truth.items() if record["label"] == "CNV"]
+
+
 class TriageDaemon:
     """``triage serve`` as a real process, with its log kept for assertions."""
 
@@ -125,6 +138,8 @@ class TriageDaemon:
             **env,
         }
         self.config_args: list[str] = []
+        # http://127.0.0.1:PORT when the test gave it an HTTP port.
+        self.web_url = ""
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()

@@ -4,49 +4,20 @@ API and its schema, and the audit trail of who looked at what."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from daemon.web.credentials import hash_password
-from phantoms.files import write_dicom_studies
-from tests.peers import TriageDaemon, free_port
+from tests.peers import WEB_PASSWORD as PASSWORD
+from tests.peers import WEB_USER as USER
+from tests.peers import TriageDaemon, urgent_oct_studies
 
 pytestmark = pytest.mark.network
 
-USER, PASSWORD = "ward-7", "correct horse battery staple"
 WAIT_SECONDS = 90
-
-
-@pytest.fixture
-def web_daemon(tmp_path: Path, model_dirs: dict[str, Path]) -> Iterator[TriageDaemon]:
-    """The daemon with its HTTP service, and a destination that is down:
-    each SR becomes a dead letter after one retry."""
-    credentials = tmp_path / "http-users"
-    credentials.write_text(f"# users of the web pages\n{USER}:{hash_password(PASSWORD)}\n")
-    down = free_port()
-    daemon = TriageDaemon(
-        tmp_path / "state",
-        model_dirs,
-        TRIAGE_HTTP_PORT=str(free_port()),
-        TRIAGE_HTTP_CREDENTIALS_FILE=str(credentials),
-        TRIAGE_DELIVERY_RETRY_SCHEDULE="1x1s",
-        TRIAGE_DESTINATIONS=json.dumps([{"ae_title": "DOWN", "host": "127.0.0.1", "port": down}]),
-    )
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        assert daemon.stop() == 0, daemon.log
-
-
-def _base(daemon: TriageDaemon) -> str:
-    return f"http://127.0.0.1:{daemon.env['TRIAGE_HTTP_PORT']}"
 
 
 def _poll(ask, timeout: float = WAIT_SECONDS):  # type: ignore[no-untyped-def]
@@ -58,14 +29,8 @@ def _poll(ask, timeout: float = WAIT_SECONDS):  # type: ignore[no-untyped-def]
     raise AssertionError("not found in time")
 
 
-def _urgent_oct_studies(tmp_path: Path) -> list[Path]:
-    root = write_dicom_studies("oct", tmp_path / "scanner", 1, seed=41)
-    truth = json.loads((root / "lesions.json").read_text())
-    return [root / relative for relative, record in truth.items() if record["label"] == "CNV"]
-
-
 def test_nothing_but_liveness_without_credentials(web_daemon: TriageDaemon) -> None:
-    with httpx.Client(base_url=_base(web_daemon), follow_redirects=False) as anonymous:
+    with httpx.Client(base_url=web_daemon.web_url, follow_redirects=False) as anonymous:
         assert anonymous.get("/livez").status_code == 200
         for path in ("/api/studies", "/api/health", "/readyz", "/metrics", "/api/openapi.json"):
             refused = anonymous.get(path)
@@ -93,10 +58,10 @@ def test_nothing_but_liveness_without_credentials(web_daemon: TriageDaemon) -> N
 def test_a_study_from_arrival_to_dead_letter_and_retry(
     tmp_path: Path, web_daemon: TriageDaemon
 ) -> None:
-    files = _urgent_oct_studies(tmp_path)
+    files = urgent_oct_studies(tmp_path)
     sent = web_daemon.storescu(files)
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    api = httpx.Client(base_url=_base(web_daemon), auth=(USER, PASSWORD))
+    api = httpx.Client(base_url=web_daemon.web_url, auth=(USER, PASSWORD))
 
     # The API: the study appears on the urgent list, with its heat map.
     urgent = {"referral": "urgent"}
@@ -120,7 +85,7 @@ def test_a_study_from_arrival_to_dead_letter_and_retry(
     assert "triage_instances_received" in api.get("/metrics").text
 
     # A browser: sign in, see the list, open the study and its map.
-    browser = httpx.Client(base_url=_base(web_daemon), follow_redirects=False)
+    browser = httpx.Client(base_url=web_daemon.web_url, follow_redirects=False)
     signed_in = browser.post("/login", data={"user": USER, "password": PASSWORD, "next": "/"})
     assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"
     cookie = signed_in.headers["set-cookie"].lower()

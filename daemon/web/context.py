@@ -21,15 +21,26 @@ MODALITIES = ("oct", "cxr")
 REFERRALS = tuple(referral.value for referral in Referral)
 
 
+def dicom_date(value: str) -> str:
+    """A DICOM DA (YYYYMMDD) as 2026-12-08; anything else as it came."""
+    if len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=TEMPLATES)
+    templates.env.filters["dicom_date"] = dicom_date
+    return templates
+
+
 @dataclasses.dataclass(frozen=True)
 class WebContext:
     sessions: sessionmaker[Session]
     trail: AuditTrail
     state_dir: Path
     gatekeeper: Gatekeeper
-    templates: Jinja2Templates = dataclasses.field(
-        default_factory=lambda: Jinja2Templates(directory=TEMPLATES)
-    )
+    templates: Jinja2Templates = dataclasses.field(default_factory=_templates)
 
 
 def context_of(request: Request) -> WebContext:

@@ -133,6 +133,7 @@ def add_occlusion_deliveries(
 class OutboxRow:
     delivery_id: int
     object: str
+    study_id: int
     study_instance_uid: str
     destination: str
     state: str
@@ -158,6 +159,7 @@ def outbox(session: Session, state: DeliveryState | None = None) -> list[OutboxR
         OutboxRow(
             delivery_id=delivery.id,
             object=delivery.object_name,
+            study_id=study.id,
             study_instance_uid=study.study_instance_uid,
             destination=f"{delivery.ae_title}@{delivery.host}:{delivery.port}",
             state=delivery.state.value,
