@@ -534,7 +534,7 @@ class HttpSettings(Section):
     tls_certificate: str = dataclasses.field(default="", metadata=RESTART)
     tls_private_key: str = dataclasses.field(default="", metadata=RESTART)
     # A signed-in browser is signed out after this long.
-    session_hours: float = 8.0
+    session_hours: float = dataclasses.field(default=8.0, metadata=RESTART)
     # Plain HTTP beyond loopback is refused at start-up unless this is true:
     # passwords and patient data would cross the network in clear.
     allow_plain_http: bool = dataclasses.field(default=False, metadata=RESTART)
