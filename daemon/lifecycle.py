@@ -44,7 +44,7 @@ from daemon.ingest_priority import IngestPriority
 from daemon.listener import DicomListener, tls_context
 from daemon.pipeline import TriagePipeline, triage_batcher
 from daemon.receive_limits import ReceiveLimits
-from daemon.receivers import ReceiverProcesses, receiving_handlers
+from daemon.receivers import ReceiverProcesses, ingest_context, receiving_handlers
 from daemon.reporting import ReportBuilder
 from daemon.runtime import CurrentRuntime, Runtime, load_runtime, reload_runtime
 from daemon.scp import receive_to_files
@@ -288,9 +288,12 @@ def _run(
     trail = AuditTrail(sessions, audit_sinks(settings))
     # Slot 0: this process's own listener; 1..: the receiver processes.
     priority = IngestPriority(settings.dicom.receivers, settings.dicom.ingest_priority_hold_seconds)
+    # The daemon's own listener and the STOW-RS route store through one
+    # context: one writer, one group commit, one slot of the ingest priority.
+    ingest = ingest_context(settings, sessions, spool, work, trail, priority.receiving(0))
     doors = _open_doors(
         settings,
-        receiving_handlers(settings, sessions, spool, work, trail, priority.receiving(0)),
+        receiving_handlers(settings, sessions, ingest),
         ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert),
         supervisor,
         work,
@@ -302,7 +305,7 @@ def _run(
         return ExitCode.FAILURE
     listener, receivers = doors
     try:
-        web = start_web_server(settings.http, sessions, trail, settings.state_dir)
+        web = start_web_server(settings, sessions, trail, ingest)
     except (TriageError, OSError) as exc:
         logger.error("Cannot serve HTTP on %s:%d: %s", settings.http.host, settings.http.port, exc)
         supervisor.drain(0)

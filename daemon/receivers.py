@@ -145,29 +145,36 @@ class ReceiverProcesses:
                 process.join()
 
 
-def receiving_handlers(
+def ingest_context(
     settings: Settings,
     sessions: sessionmaker[Session],
     spool: Spool,
     work: WorkQueue,
     trail: AuditTrail,
     receiving: ReceivingSignal | None = None,
-) -> list[Any]:
-    """The event handlers of a process that receives (the daemon's own, or a
-    receiver): C-STORE into ``spool`` and onto ``work`` (each told to
-    ``receiving``), C-ECHO, the worklist C-FIND, and the audit of every
-    association on ``trail``."""
-    audit = AssociationAudit(trail)
-    ingest = IngestContext(
+) -> IngestContext:
+    """How a process that receives stores: into ``spool`` and onto ``work``
+    (each store told to ``receiving``), through its one ``InstanceWriter``,
+    associations audited on ``trail``. C-STORE and STOW-RS share it."""
+    return IngestContext(
         spool=spool,
         sessions=sessions,
         work=work,
         writer=InstanceWriter(sessions),
         duplicate_policy=settings.storage.duplicate_policy,
         min_free_bytes=settings.storage.min_free_bytes,
-        audit=audit,
+        audit=AssociationAudit(trail),
         receiving=receiving,
     )
+
+
+def receiving_handlers(
+    settings: Settings, sessions: sessionmaker[Session], ingest: IngestContext
+) -> list[Any]:
+    """The event handlers of a process that receives (the daemon's own, or a
+    receiver): C-STORE by ``ingest``, C-ECHO, the worklist C-FIND, and the
+    audit of every association."""
+    audit = ingest.audit
     return event_handlers(
         ingest, handle_find, [sessions, settings.dicom.ae_title, settings.worklist, audit]
     )
@@ -203,7 +210,8 @@ def run_receiver(
     receive_to_files(spool.incoming)
     trail = AuditTrail(sessions, audit_sinks(settings))
     receiving = priority.receiving(number) if priority is not None else None
-    handlers = receiving_handlers(settings, sessions, spool, work, trail, receiving)
+    ingest = ingest_context(settings, sessions, spool, work, trail, receiving)
+    handlers = receiving_handlers(settings, sessions, ingest)
     tls = tls_context(settings.dicom)
     limits = ReceiveLimits.from_settings(settings, spool.free_bytes, trail.security_alert)
     listeners = [

@@ -101,34 +101,77 @@ def receive_to_files(incoming: Path) -> None:
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreRequest:
+    """One instance to store: a C-STORE's, or one part of a STOW-RS request."""
+
+    sop_instance_uid: str  # as the request names it; the dataset must agree
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    calling: str  # the calling AE title, or what the HTTP service names the sender
+    # Ids cached for it (InstanceWriter) and its audit: the association, or
+    # the STOW-RS request.
+    association: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOutcome:
+    status: int
+    # The patient and study it belongs to, once stored (for an audit).
+    patient_id: str = ""
+    study_instance_uid: str = ""
+
+
 def handle_store(event: Any, context: IngestContext) -> int:
     """Store one instance durably, then answer (PS3.4 B.2.3)."""
+    request = StoreRequest(
+        str(event.request.AffectedSOPInstanceUID),
+        str(event.context.abstract_syntax),
+        str(event.context.transfer_syntax),
+        event.assoc.requestor.ae_title,
+        event.assoc,
+    )
+    outcome = store_received(context, request, lambda: received(event))
+    if context.audit is not None:
+        context.audit.store_answered(event.assoc, outcome.status)
+        if outcome.study_instance_uid:
+            context.audit.instance_stored(
+                event.assoc, outcome.patient_id, outcome.study_instance_uid
+            )
+    return outcome.status
+
+
+def store_received(
+    context: IngestContext, request: StoreRequest, content: Callable[[], Received]
+) -> StoreOutcome:
+    """Check, keep and record one received dataset (``content`` reads it),
+    in that order; its DICOM status. C-STORE and STOW-RS both come here."""
     if context.receiving is not None:
         context.receiving.store_began()
     try:
-        status = _store(event, context)
+        outcome = _store(context, request, content)
     finally:
         if context.receiving is not None:
             context.receiving.store_ended()
-    stored = status in (Status.SUCCESS, Status.COERCION_OF_DATA_ELEMENTS)
+    stored = outcome.status in (Status.SUCCESS, Status.COERCION_OF_DATA_ELEMENTS)
     metrics.INSTANCES_RECEIVED.labels("success" if stored else "refused").inc()
-    if context.audit is not None:
-        context.audit.store_answered(event.assoc, status)
-    return status
+    return outcome
 
 
-def _store(event: Any, context: IngestContext) -> int:
-    calling = event.assoc.requestor.ae_title
+def _store(
+    context: IngestContext, request: StoreRequest, read: Callable[[], Received]
+) -> StoreOutcome:
+    calling = request.calling
     with store_stage("check"):
         if context.spool.free_bytes() < context.min_free_bytes:
             logger.error("Refusing an instance from %s: the spool's disk is nearly full", calling)
-            return Status.OUT_OF_RESOURCES
+            return StoreOutcome(Status.OUT_OF_RESOURCES)
         try:
-            content = received(event)
+            content = read()
         except Exception:
-            logger.exception("Cannot read the received dataset from association %s", calling)
-            return Status.CANNOT_UNDERSTAND
-    return _store_content(event, context, content, calling)
+            logger.exception("Cannot read the received dataset from %s", calling)
+            return StoreOutcome(Status.CANNOT_UNDERSTAND)
+    return _store_content(context, request, content)
 
 
 def received(event: Any) -> Received:
@@ -140,19 +183,22 @@ def received(event: Any) -> Received:
     return bytes(event.encoded_dataset(include_meta=True))
 
 
-def _store_content(event: Any, context: IngestContext, content: Received, calling: str) -> int:
+def _store_content(
+    context: IngestContext, request: StoreRequest, content: Received
+) -> StoreOutcome:
+    calling = request.calling
     with store_stage("parse"):
         try:
             header, sha256 = parse_and_hash(
                 content,
-                event.request.AffectedSOPInstanceUID,
-                str(event.context.abstract_syntax),
-                str(event.context.transfer_syntax),
+                request.sop_instance_uid,
+                request.sop_class_uid,
+                request.transfer_syntax_uid,
             )
         except IngestError as exc:
             kept = _quarantine(context, content, exc.reason, calling)
             logger.warning("Rejected an instance from %s: %s (kept as %s)", calling, exc, kept)
-            return exc.status
+            return StoreOutcome(exc.status)
 
     uid = str(header.SOPInstanceUID)
     replaced_path: str | None = None
@@ -165,10 +211,10 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
                     existing = queries.find_instance(session, uid)
                     if existing is not None and existing.sha256 == sha256:
                         logger.info("Duplicate instance from %s: the first copy is kept", calling)
-                        return Status.SUCCESS
+                        return StoreOutcome(Status.SUCCESS)
                     replaced_path = existing.path if existing is not None else None
             except OperationalError as exc:
-                return _database_away(calling, exc)
+                return StoreOutcome(_database_away(calling, exc))
     with store_stage("spool"):
         try:
             stored = context.spool.keep(content, uid, sha256)
@@ -178,56 +224,55 @@ def _store_content(event: Any, context: IngestContext, content: Received, callin
             logger.error(
                 "Refusing an instance from %s: cannot write it to the spool: %s", calling, exc
             )
-            return Status.OUT_OF_RESOURCES
+            return StoreOutcome(Status.OUT_OF_RESOURCES)
     with store_stage("record"):
         try:
             if replaced_path is None:
                 instance_id = context.writer.record(
                     queries.new_instance(
                         header,
-                        transfer_syntax_uid=str(event.context.transfer_syntax),
+                        transfer_syntax_uid=request.transfer_syntax_uid,
                         path=str(stored.path),
                         size_bytes=stored.size_bytes,
                         sha256=stored.sha256,
                         calling_ae_title=calling,
                     ),
-                    event.assoc,
+                    request.association,
                 )
             else:
-                instance_id = _replace(context, uid, stored, event, calling)
+                instance_id = _replace(context, uid, stored, request)
         except OperationalError as exc:
             context.spool.discard(stored)
-            return _database_away(calling, exc)
+            return StoreOutcome(_database_away(calling, exc))
         except Exception:
             # Never SUCCESS for an instance that is not recorded: the sender
             # keeps it and sends it again.
             context.spool.discard(stored)
             logger.exception("Cannot record an instance from %s", calling)
-            return Status.PROCESSING_FAILURE
+            return StoreOutcome(Status.PROCESSING_FAILURE)
     if instance_id is None:
         # Another association (or an earlier C-STORE) recorded the same SOP
         # Instance UID first: this copy is a duplicate.
         context.spool.discard(stored)
         logger.info("Duplicate instance from %s: the first copy is kept", calling)
-        return Status.SUCCESS
+        return StoreOutcome(Status.SUCCESS)
     if replaced_path is not None:
         Path(replaced_path).unlink(missing_ok=True)
     with store_stage("queue"):
         logger.info("Stored instance %d from %s", instance_id, calling)
-        if context.audit is not None:
-            context.audit.instance_stored(
-                event.assoc, str(header.get("PatientID", "") or ""), str(header.StudyInstanceUID)
-            )
         logger.debug("Instance %d is SOP Instance UID %s", instance_id, uid)
         # When the queue is full the instance is still RECEIVED in the database,
         # and the pipeline's sweep finds it.
         with contextlib.suppress(queue.Full):
             context.work.put_nowait(instance_id)
+    status = Status.SUCCESS
     if warnings := coercion_warnings(header):
         _quarantine(context, content, "; ".join(warnings), calling)
         logger.warning("Instance %d stored with a warning: %s", instance_id, "; ".join(warnings))
-        return Status.COERCION_OF_DATA_ELEMENTS
-    return Status.SUCCESS
+        status = Status.COERCION_OF_DATA_ELEMENTS
+    return StoreOutcome(
+        status, str(header.get("PatientID", "") or ""), str(header.StudyInstanceUID)
+    )
 
 
 def _quarantine(context: IngestContext, content: Received, reason: str, calling: str) -> str:
@@ -254,20 +299,22 @@ def _database_away(calling: str, error: OperationalError) -> int:
     return Status.OUT_OF_RESOURCES
 
 
-def _replace(context: IngestContext, uid: str, stored: StoredFile, event: Any, calling: str) -> int:
+def _replace(context: IngestContext, uid: str, stored: StoredFile, request: StoreRequest) -> int:
     """Point the recorded instance ``uid`` at a different copy (the
     ``replace_if_different`` policy); its id."""
     with context.sessions() as session, session.begin():
         instance = queries.replace_instance(
             session,
             uid,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            transfer_syntax_uid=request.transfer_syntax_uid,
             path=str(stored.path),
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
-            calling_ae_title=calling,
+            calling_ae_title=request.calling,
         )
-        logger.info("Instance %d replaced by a different copy from %s", instance.id, calling)
+        logger.info(
+            "Instance %d replaced by a different copy from %s", instance.id, request.calling
+        )
         return instance.id
 
 

@@ -155,7 +155,7 @@ def test_https_with_a_configured_certificate(
             "TRIAGE_HTTP_TLS_PRIVATE_KEY": str(key),
         },
     )
-    server = start_web_server(settings.http, sqlite_sessions, AuditTrail(sqlite_sessions), tmp_path)
+    server = start_web_server(settings, sqlite_sessions, AuditTrail(sqlite_sessions), None)
     assert server is not None
     try:
         with httpx.Client(verify=ssl.create_default_context(cafile=ca[1])) as client:

@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.web import api, pages, probes, sign_in
+from daemon.web import api, pages, probes, sign_in, stow
 from daemon.web.auth import SignInRequired
 from daemon.web.context import WebContext
 
@@ -65,6 +65,7 @@ def build_app(context: WebContext, https: bool) -> Starlette:
         *sign_in.routes,
         *pages.routes,
         *api.routes,
+        *stow.routes,
         Route("/api/openapi.json", api.openapi, include_in_schema=False),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
 from daemon.audit import AuditTrail
+from daemon.scp import IngestContext
 from daemon.web.auth import Gatekeeper, peer_address
 from domain.triage import Referral
 from storage import queries
@@ -40,6 +41,9 @@ class WebContext:
     trail: AuditTrail
     state_dir: Path
     gatekeeper: Gatekeeper
+    # How STOW-RS stores (the C-STORE path's); None: this node does not receive.
+    ingest: IngestContext | None = None
+    max_dataset_bytes: int = 1024**3
     templates: Jinja2Templates = dataclasses.field(default_factory=_templates)
 
 

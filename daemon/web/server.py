@@ -19,7 +19,8 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.audit import AuditTrail
-from daemon.config import HttpSettings
+from daemon.config import HttpSettings, Settings
+from daemon.scp import IngestContext
 from daemon.web.app import build_app
 from daemon.web.auth import Gatekeeper
 from daemon.web.context import WebContext
@@ -80,16 +81,22 @@ class WebServer:
 
 
 def start_web_server(
-    settings: HttpSettings, sessions: sessionmaker[Session], trail: AuditTrail, state_dir: Path
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    trail: AuditTrail,
+    ingest: IngestContext | None,
 ) -> WebServer | None:
-    """The HTTP service, or None when ``[http] port`` is 0.
+    """The HTTP service, or None when ``[http] port`` is 0; STOW-RS stores
+    through ``ingest``.
 
     Raises ``ConfigError`` (a bad credentials file) or ``OSError`` (the port,
     the certificate)."""
-    if not settings.port:
+    http = settings.http
+    if not http.port:
         return None
-    users = Users.from_file(Path(settings.credentials_file))
-    gatekeeper = Gatekeeper(
-        users, SessionStore(settings.session_hours * 3600), trail, settings.https()
+    users = Users.from_file(Path(http.credentials_file))
+    gatekeeper = Gatekeeper(users, SessionStore(http.session_hours * 3600), trail, http.https())
+    context = WebContext(
+        sessions, trail, settings.state_dir, gatekeeper, ingest, settings.dicom.max_dataset_bytes
     )
-    return WebServer(settings, WebContext(sessions, trail, state_dir, gatekeeper))
+    return WebServer(http, context)
