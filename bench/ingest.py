@@ -13,7 +13,8 @@ Each figure is a ratio to Orthanc's measured in the same run, for
 ``--receivers 1,2,4`` runs the daemon once per count of receiver
 processes (``[dicom] receivers``), ``--hold 0,2`` once per
 ``[dicom] ingest_priority_hold_seconds`` (0: triage does not yield); a bare pynetdicom receiver
-(``bench.bare_receiver``) shows what pynetdicom alone costs.
+(``bench.bare_receiver``) shows what pynetdicom alone costs. ``--stow`` adds the daemon
+receiving the same files by STOW-RS, ``--senders`` clients at once, one study a request.
 
 The images: phantom OCT volumes (5 B-scans of 256 x 320, 8 bits, 410 KB)
 and phantom chest radiographs enlarged to 2048 x 1920 at 16 bits (7.9 MB),
@@ -47,15 +48,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from bench.process_cpu import host_busy, tree_cpu_seconds
+from daemon.web.credentials import hash_password
 from phantoms.demo import ensure_models
 from phantoms.files import write_dicom_studies
 from tests import peers
-from tests.peers import Orthanc, TriageDaemon, dcmtk_env, free_port
+from tests.peers import WEB_PASSWORD, WEB_USER, Orthanc, TriageDaemon, dcmtk_env, free_port
 from tests.traffic import acknowledged_files
 
 IMAGES_PER_STUDY = 4
@@ -70,6 +73,8 @@ class Running:
     pid: int
     daemon: TriageDaemon | None = None
     metrics_port: int = 0
+    # Set: the files go by STOW-RS to this URL, one study a request.
+    stow_url: str = ""
 
 
 @dataclasses.dataclass
@@ -185,8 +190,16 @@ def orthanc(folder: Path) -> Iterator[Running]:
 
 
 @contextlib.contextmanager
-def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterator[Running]:
+def daemon(
+    folder: Path, models: dict[str, Path], env: dict[str, str], stow: bool = False
+) -> Iterator[Running]:
     metrics_port = free_port()
+    http = {}
+    if stow:
+        folder.mkdir(parents=True, exist_ok=True)
+        users = folder / "http-users"
+        users.write_text(f"{WEB_USER}:{hash_password(WEB_PASSWORD)}\n")
+        http = {"TRIAGE_HTTP_PORT": str(free_port()), "TRIAGE_HTTP_CREDENTIALS_FILE": str(users)}
     process = TriageDaemon(
         folder,
         models,
@@ -194,15 +207,52 @@ def daemon(folder: Path, models: dict[str, Path], env: dict[str, str]) -> Iterat
             "TRIAGE_DICOM_MAX_ASSOCIATIONS": "16",
             "TRIAGE_DICOM_MAX_ASSOCIATIONS_PER_PEER": "16",
             "TRIAGE_METRICS_PORT": str(metrics_port),
+            **http,
             **env,
         },
     )
     process.start()
     try:
         assert process.process is not None
-        yield Running(process.port, process.process.pid, process, metrics_port)
+        stow_url = f"http://127.0.0.1:{http['TRIAGE_HTTP_PORT']}/dicomweb/studies" if stow else ""
+        yield Running(process.port, process.process.pid, process, metrics_port, stow_url)
     finally:
         process.stop()
+
+
+def stow_push(files: Sequence[Path], url: str, senders: int) -> tuple[float, int]:
+    """Send ``files`` by STOW-RS from ``senders`` clients at once, one study
+    (``IMAGES_PER_STUDY`` files) a request; (seconds, acknowledged)."""
+    requests = [
+        list(files[i : i + IMAGES_PER_STUDY]) for i in range(0, len(files), IMAGES_PER_STUDY)
+    ]
+    shares = [requests[i::senders] for i in range(senders)]
+    boundary = "bench-stow-boundary"
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+    def body(study: list[Path]) -> Iterator[bytes]:
+        for path in study:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    def send(share: list[list[Path]]) -> int:
+        stored = 0
+        with httpx.Client(auth=(WEB_USER, WEB_PASSWORD), timeout=600) as client:
+            for study in share:
+                answer = client.post(
+                    url, content=body(study), headers={"content-type": content_type}
+                )
+                stored += len(answer.json().get("00081199", {}).get("Value", []))
+        return stored
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(senders) as pool:
+        acknowledged = sum(pool.map(send, shares))
+    return time.monotonic() - started, acknowledged
 
 
 STAGE_SUM = re.compile(r'triage_store_stage_seconds_sum\{clock="(\w+)",stage="(\w+)"\} (\S+)')
@@ -225,7 +275,10 @@ def measure_round(running: Running, called: str, files: Sequence[Path], senders:
     reported_before = running.daemon.reported_studies() if running.daemon is not None else 0
     cpu_before, (busy_before, total_before) = tree_cpu_seconds(running.pid), host_busy()
     started = time.monotonic()
-    seconds, acknowledged = push(files, called, running.port, senders)
+    if running.stow_url:
+        seconds, acknowledged = stow_push(files, running.stow_url, senders)
+    else:
+        seconds, acknowledged = push(files, called, running.port, senders)
     cpu_after, (busy_after, total_after) = tree_cpu_seconds(running.pid), host_busy()
     if acknowledged != len(files):
         raise RuntimeError(f"{acknowledged} of {len(files)} acknowledged")
@@ -310,6 +363,11 @@ def main() -> None:
         help="the daemon once for each of these [dicom] receivers counts, e.g. 1,2,4",
     )
     parser.add_argument(
+        "--stow",
+        action="store_true",
+        help="also the daemon receiving the same files by STOW-RS (one study a request)",
+    )
+    parser.add_argument(
         "--hold",
         default="",
         help="the daemon once for each of these [dicom] ingest_priority_hold_seconds, e.g. 0,2",
@@ -349,6 +407,9 @@ def main() -> None:
                         env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
                         name += f" hold {hold} s"
                     receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
+            if args.stow:
+                stow = functools.partial(daemon, models=models, env=daemon_env, stow=True)
+                receivers["dicom-triage STOW-RS x1"] = (stow, "TRIAGE")
             for kind, files in sets.items():
                 if args.only and kind != args.only:
                     continue
