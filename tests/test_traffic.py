@@ -217,9 +217,20 @@ def test_a_database_restart_loses_nothing(
 
     assert daemon.stop() == 0, daemon.log
     server.pause()
-    threading.Timer(3.0, server.resume).start()
+
+    def resume_once_waited_for() -> None:
+        # The database comes back once the starting daemon has found it away
+        # (not after a fixed delay, which a slow start outlasted on 2 cores).
+        deadline = time.monotonic() + 60
+        while "waiting for it" not in daemon.log and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.resume()
+
     daemon.lines.clear()
+    resumer = threading.Thread(target=resume_once_waited_for, daemon=True)
+    resumer.start()
     daemon.start(upgrade=False)  # returns once it is ready, after the database is back
+    resumer.join()
     assert "waiting for it" in daemon.log, daemon.log
 
 
