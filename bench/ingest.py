@@ -53,11 +53,10 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from bench.harness import bench_database, bench_models
 from bench.process_cpu import host_busy, tree_cpu_seconds
 from daemon.web.credentials import hash_password
-from phantoms.demo import ensure_models
 from phantoms.files import write_dicom_studies
-from tests import peers
 from tests.peers import WEB_PASSWORD, WEB_USER, Orthanc, TriageDaemon, dcmtk_env, free_port
 from tests.traffic import acknowledged_files
 
@@ -374,71 +373,60 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    models_state = Path(args.models).absolute()
-    ensure_models(models_state)
-    models = {m: models_state / "models" / m for m in ("oct", "cxr")}
+    models = bench_models(args.models)
     daemon_env = dict(item.split("=", 1) for item in args.daemon_env)
-    server = None
-    if args.database == "postgresql":
-        from tests.postgres import PostgresServer
-
-        server = PostgresServer()
-        server.start()
-        peers.DATABASE_FACTORY.append(server.new_database_url)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as temporary:
-            scratch = Path(temporary)
-            oct_source = sorted(write_dicom_studies("oct", scratch, 1, seed=5).rglob("*.dcm"))
-            cxr_source = sorted(write_dicom_studies("cxr", scratch, 1, seed=6).rglob("*.dcm"))
-            sets = {
-                "OCT": copies(oct_source[0], scratch / "sent-oct", args.oct),
-                "CXR": copies(cxr_source[0], scratch / "sent-cxr", args.cxr, enlarge=4),
+    with (
+        bench_database(args.database),
+        tempfile.TemporaryDirectory(prefix="bench-ingest-") as temporary,
+    ):
+        scratch = Path(temporary)
+        oct_source = sorted(write_dicom_studies("oct", scratch, 1, seed=5).rglob("*.dcm"))
+        cxr_source = sorted(write_dicom_studies("cxr", scratch, 1, seed=6).rglob("*.dcm"))
+        sets = {
+            "OCT": copies(oct_source[0], scratch / "sent-oct", args.oct),
+            "CXR": copies(cxr_source[0], scratch / "sent-cxr", args.cxr, enlarge=4),
+        }
+        receivers: dict[str, tuple[Receiver, str]] = {
+            "storescp": (storescp, "STORESCP"),
+            "Orthanc": (orthanc, "ORTHANC"),
+            "bare pynetdicom": (bare_pynetdicom, "BARE"),
+        }
+        for count in args.receivers.split(","):
+            for hold in args.hold.split(",") if args.hold else [""]:
+                env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
+                name = f"dicom-triage x{count}"
+                if hold:
+                    env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
+                    name += f" hold {hold} s"
+                receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
+        if args.stow:
+            stow = functools.partial(daemon, models=models, env=daemon_env, stow=True)
+            receivers["dicom-triage STOW-RS x1"] = (stow, "TRIAGE")
+        for kind, files in sets.items():
+            if args.only and kind != args.only:
+                continue
+            size = files[0].stat().st_size / 1e6
+            results = {
+                name: measure(name, make, called, files, args.senders, args.rounds, scratch)
+                for name, (make, called) in receivers.items()
             }
-            receivers: dict[str, tuple[Receiver, str]] = {
-                "storescp": (storescp, "STORESCP"),
-                "Orthanc": (orthanc, "ORTHANC"),
-                "bare pynetdicom": (bare_pynetdicom, "BARE"),
-            }
-            for count in args.receivers.split(","):
-                for hold in args.hold.split(",") if args.hold else [""]:
-                    env = {**daemon_env, "TRIAGE_DICOM_RECEIVERS": count}
-                    name = f"dicom-triage x{count}"
-                    if hold:
-                        env["TRIAGE_DICOM_INGEST_PRIORITY_HOLD_SECONDS"] = hold
-                        name += f" hold {hold} s"
-                    receivers[name] = (functools.partial(daemon, models=models, env=env), "TRIAGE")
-            if args.stow:
-                stow = functools.partial(daemon, models=models, env=daemon_env, stow=True)
-                receivers["dicom-triage STOW-RS x1"] = (stow, "TRIAGE")
-            for kind, files in sets.items():
-                if args.only and kind != args.only:
-                    continue
-                size = files[0].stat().st_size / 1e6
-                results = {
-                    name: measure(name, make, called, files, args.senders, args.rounds, scratch)
-                    for name, (make, called) in receivers.items()
-                }
+            print(
+                f"{kind} {size:.2f} MB x {len(files)}, {args.senders} senders, "
+                f"{args.database}{' ' + ' '.join(args.daemon_env) if args.daemon_env else ''}, "
+                f"{os.cpu_count()} cores, median of {args.rounds}:",
+                flush=True,
+            )
+            bare = results["bare pynetdicom"].rate
+            for name, result in results.items():
                 print(
-                    f"{kind} {size:.2f} MB x {len(files)}, {args.senders} senders, "
-                    f"{args.database}{' ' + ' '.join(args.daemon_env) if args.daemon_env else ''}, "
-                    f"{os.cpu_count()} cores, median of {args.rounds}:",
+                    describe(
+                        name,
+                        result,
+                        results["Orthanc"].rate,
+                        bare if name.startswith("dicom-triage") else None,
+                    ),
                     flush=True,
                 )
-                bare = results["bare pynetdicom"].rate
-                for name, result in results.items():
-                    print(
-                        describe(
-                            name,
-                            result,
-                            results["Orthanc"].rate,
-                            bare if name.startswith("dicom-triage") else None,
-                        ),
-                        flush=True,
-                    )
-    finally:
-        if server is not None:
-            peers.DATABASE_FACTORY.clear()
-            server.stop()
 
 
 if __name__ == "__main__":

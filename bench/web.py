@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, insert, select
 
+from bench.harness import bench_database, bench_models
 from daemon.web.credentials import hash_password
-from phantoms.demo import ensure_models
 from storage.database import create_database_engine
 from storage.models import (
     Delivery,
@@ -41,7 +41,6 @@ from storage.models import (
     StudyResult,
     StudyState,
 )
-from tests import peers
 from tests.peers import WEB_PASSWORD, WEB_USER, TriageDaemon, free_port
 
 OCT_LABELS = {"CNV": "urgent", "DME": "urgent", "DRUSEN": "routine", "NORMAL": "observation"}
@@ -201,60 +200,47 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--models", default="var/bench", help="state dir with (or for) models")
     args = parser.parse_args()
-    models_state = Path(args.models).absolute()
-    ensure_models(models_state)
-    models = {m: models_state / "models" / m for m in ("oct", "cxr")}
-    server = None
-    if args.database == "postgresql":
-        from tests.postgres import PostgresServer
-
-        server = PostgresServer()
-        server.start()
-        peers.DATABASE_FACTORY.append(server.new_database_url)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-web-") as temporary:
-            scratch = Path(temporary)
-            users = scratch / "users"
-            users.write_text(f"{WEB_USER}:{hash_password(WEB_PASSWORD)}\n")
-            daemon = TriageDaemon(
-                scratch / "state",
-                models,
-                TRIAGE_HTTP_PORT=str(free_port()),
-                TRIAGE_HTTP_CREDENTIALS_FILE=str(users),
-            )
-            daemon.triage("db", "upgrade")
-            began = time.monotonic()
-            seed(daemon.database_url, args.studies)
-            print(
-                f"{args.database}: {args.studies} studies seeded "
-                f"in {time.monotonic() - began:.1f} s"
-            )
-            daemon.start(upgrade=False)
-            try:
-                base = f"http://127.0.0.1:{daemon.env['TRIAGE_HTTP_PORT']}"
-                with httpx.Client(base_url=base) as client:
-                    client.post("/login", data={"user": WEB_USER, "password": WEB_PASSWORD})
-                    rng = random.Random(11)
-                    picks = [rng.randint(1, args.studies) for _ in range(args.requests)]
-                    routes = {
-                        "liveness          /livez": ["/livez"] * args.requests,
-                        "urgent list page  /": ["/"] * args.requests,
-                        "urgent list API   /api/studies": ["/api/studies?referral=urgent"]
-                        * args.requests,
-                        "filtered page     /?modality&from": [
-                            "/?modality=oct&referral=routine&from=2026-01-10&to=2026-01-20"
-                        ]
-                        * args.requests,
-                        "study page        /studies/N": [f"/studies/{n}" for n in picks],
-                        "study API         /api/studies/N": [f"/api/studies/{n}" for n in picks],
-                    }
-                    for name, paths in routes.items():
-                        print(describe(name, timings(client, paths)), flush=True)
-            finally:
-                daemon.stop()
-    finally:
-        if server is not None:
-            server.stop()
+    models = bench_models(args.models)
+    with (
+        bench_database(args.database),
+        tempfile.TemporaryDirectory(prefix="bench-web-") as temporary,
+    ):
+        scratch = Path(temporary)
+        users = scratch / "users"
+        users.write_text(f"{WEB_USER}:{hash_password(WEB_PASSWORD)}\n")
+        daemon = TriageDaemon(
+            scratch / "state",
+            models,
+            TRIAGE_HTTP_PORT=str(free_port()),
+            TRIAGE_HTTP_CREDENTIALS_FILE=str(users),
+        )
+        daemon.triage("db", "upgrade")
+        began = time.monotonic()
+        seed(daemon.database_url, args.studies)
+        print(f"{args.database}: {args.studies} studies seeded in {time.monotonic() - began:.1f} s")
+        daemon.start(upgrade=False)
+        try:
+            base = f"http://127.0.0.1:{daemon.env['TRIAGE_HTTP_PORT']}"
+            with httpx.Client(base_url=base) as client:
+                client.post("/login", data={"user": WEB_USER, "password": WEB_PASSWORD})
+                rng = random.Random(11)
+                picks = [rng.randint(1, args.studies) for _ in range(args.requests)]
+                routes = {
+                    "liveness          /livez": ["/livez"] * args.requests,
+                    "urgent list page  /": ["/"] * args.requests,
+                    "urgent list API   /api/studies": ["/api/studies?referral=urgent"]
+                    * args.requests,
+                    "filtered page     /?modality&from": [
+                        "/?modality=oct&referral=routine&from=2026-01-10&to=2026-01-20"
+                    ]
+                    * args.requests,
+                    "study page        /studies/N": [f"/studies/{n}" for n in picks],
+                    "study API         /api/studies/N": [f"/api/studies/{n}" for n in picks],
+                }
+                for name, paths in routes.items():
+                    print(describe(name, timings(client, paths)), flush=True)
+        finally:
+            daemon.stop()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from starlette.schemas import SchemaGenerator
 
 from daemon.health import judge, read_status
 from daemon.web.auth import csrf_ok, read_form
-from daemon.web.context import BadQuery, audit_view, context_of, study_filter
+from daemon.web.context import BadQuery, audit_view, context_of, json_error, study_filter
 from daemon.web.operations import map_png, retry_delivery
 from storage import queries
 from storage.models import DeliveryState
@@ -46,10 +46,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _error(message: str, status_code: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
 def list_studies(request: Request) -> Response:
     """
     summary: Triaged studies, newest decision first.
@@ -69,7 +65,7 @@ def list_studies(request: Request) -> Response:
     try:
         where = study_filter(request, default_referral=None)
     except BadQuery as error:
-        return _error(str(error), 400)
+        return json_error(str(error), 400)
     with context_of(request).sessions() as session:
         rows = queries.triaged_studies(session, where)
     audit_view(request, f"API listed {len(rows)} studies")
@@ -92,7 +88,7 @@ def get_study(request: Request) -> Response:
     with context_of(request).sessions() as session:
         detail = queries.study_detail(session, study_id)
     if detail is None:
-        return _error("no such study", 404)
+        return json_error("no such study", 404)
     audit_view(request, f"API study {study_id}", detail.patient_id, detail.study_instance_uid)
     return _json(detail)
 
@@ -108,7 +104,7 @@ def get_map(request: Request) -> Response:
     """
     png = map_png(context_of(request), int(request.path_params["map_id"]))
     if png is None:
-        return _error("no such map", 404)
+        return json_error("no such map", 404)
     return Response(png, media_type="image/png")
 
 
@@ -125,7 +121,7 @@ def list_outbox(request: Request) -> Response:
     try:
         state = DeliveryState(state_name) if state_name else None
     except ValueError:
-        return _error("state must be pending, delivered or failed", 400)
+        return json_error("state must be pending, delivered or failed", 400)
     with context_of(request).sessions() as session:
         rows = queries.outbox(session, state)
     return _json({"deliveries": [_outbox_row(row) for row in rows]})
@@ -150,11 +146,11 @@ async def retry(request: Request) -> Response:
       404: {description: no such delivery}
     """
     if not csrf_ok(request, await read_form(request)):
-        return _error("missing or wrong X-CSRF-Token", 403)
+        return json_error("missing or wrong X-CSRF-Token", 403)
     delivery_id = int(request.path_params["delivery_id"])
     study_id = await run_in_threadpool(retry_delivery, context_of(request), request, delivery_id)
     if study_id is None:
-        return _error("no such delivery", 404)
+        return json_error("no such delivery", 404)
     return _json({"study_id": study_id})
 
 

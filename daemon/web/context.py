@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.templating import Jinja2Templates
 
 from daemon.audit import AuditTrail
@@ -65,6 +66,11 @@ def audit_view(request: Request, what: str, patient_id: str = "", study_uid: str
         study_instance_uid=study_uid,
         detail=f"user={user_of(request)} {what}",
     )
+
+
+def json_error(message: str, status_code: int) -> JSONResponse:
+    """An API's or DICOMweb's refusal: ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status_code)
 
 
 class BadQuery(ValueError):
